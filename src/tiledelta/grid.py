@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from tiledelta.errors import SchemeError
 
-INCHES_PER_METER = 1 / 0.0254
+#: ArcGIS converts scales with 39.37 inches per metre
+#: (591657527.591555 / 156543.033928 = 96 × 39.37).
+INCHES_PER_METER = 39.37
 WEB_MERCATOR_HALF = 20037508.342787
 #: Esri's Web Mercator LOD 0 scale and resolution (ArcGIS Online / Bing / Google scheme).
 WEB_MERCATOR_SCALE_0 = 591657527.591555
@@ -118,9 +120,7 @@ class TilingScheme(BaseModel):
         mine = {lod.level: lod.resolution for lod in self.lods}
         theirs = {lod.level: lod.resolution for lod in other.lods}
         common = set(mine) & set(theirs)
-        return bool(common) and all(
-            math.isclose(mine[k], theirs[k], rel_tol=1e-7) for k in common
-        )
+        return bool(common) and all(math.isclose(mine[k], theirs[k], rel_tol=1e-7) for k in common)
 
 
 def _norm_wkid(wkid: int | None) -> int | None:
@@ -158,8 +158,10 @@ def web_mercator(max_level: int = 23) -> TilingScheme:
 
 def is_web_mercator(scheme: TilingScheme) -> bool:
     """True for the standard Web Mercator grid (so XYZ / MBTiles addressing applies)."""
-    return scheme.same_grid(web_mercator()) and scheme.lods[0].level == 0 and math.isclose(
-        scheme.lods[0].resolution, WEB_MERCATOR_RES_0, rel_tol=1e-7
+    return (
+        scheme.same_grid(web_mercator())
+        and scheme.lods[0].level == 0
+        and math.isclose(scheme.lods[0].resolution, WEB_MERCATOR_RES_0, rel_tol=1e-7)
     )
 
 

@@ -1,0 +1,174 @@
+"""The library calls behind the CLI and the ArcGIS Pro toolbox."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tiledelta.errors import ConfigError, TileDeltaError
+from tiledelta.project import PROJECT_FILE, CacheConfig, Project, ProjectConfig
+
+
+def load_project(directory: Path | str) -> Project:
+    """Load and validate a project (style, scheme and levels included)."""
+    project = Project.load(Path(directory))
+    project.style  # noqa: B018 - parse now, so errors surface before any work
+    project.levels  # noqa: B018
+    return project
+
+
+def init_project(
+    directory: Path,
+    *,
+    style: Path | None = None,
+    sources: list[str] | None = None,
+    levels: str = "0-19",
+    scheme: str = "web-mercator",
+    cache_kind: str = "compact",
+    fmt: str = "png",
+    force: bool = False,
+) -> Path:
+    """Write ``directory/tiledelta.toml`` (and a default style when only sources are given)."""
+    directory = Path(directory)
+    target = directory / PROJECT_FILE
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; use --force to overwrite it")
+    if (style is None) == (not sources):
+        raise ConfigError("give either --style STYLE.xml or one or more --source PATH")
+    directory.mkdir(parents=True, exist_ok=True)
+    if style is not None:
+        style = Path(style)
+        if not style.is_file():
+            raise ConfigError(f"{style}: style file not found")
+        style_ref = _relative(style.resolve(), directory.resolve())
+    else:
+        style_ref = "style.xml"
+        _write_default_style(directory, sources or [])
+    cache_path = "cache.mbtiles" if cache_kind == "mbtiles" else "cache"
+    cfg = ProjectConfig(
+        style=style_ref,
+        scheme=scheme,
+        levels=levels,
+        cache=CacheConfig(kind=cache_kind, path=cache_path, format=fmt),
+    )
+    project = Project(directory, cfg)
+    try:
+        project.style  # noqa: B018 - validate before writing
+        project.levels  # noqa: B018
+    except TileDeltaError:
+        raise
+    return project.save()
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _write_default_style(directory: Path, sources: list[str]) -> None:
+    from tiledelta.sources import describe, list_layers
+    from tiledelta.style import default_style
+
+    described = []
+    for spec in sources:
+        path, _, layer = spec.partition("::") if "::" in spec else _split_layer(spec)
+        real = Path(path).expanduser()
+        if not real.exists():
+            raise ConfigError(f"{path}: source not found")
+        layers = [layer] if layer else list_layers(str(real))
+        for lyr in layers:
+            d = describe(str(real), lyr)
+            described.append(
+                {
+                    "name": lyr
+                    if lyr not in [x["name"] for x in described]
+                    else f"{real.stem}_{lyr}",
+                    "path": _relative(real.resolve(), directory.resolve()),
+                    "layer": lyr,
+                    "geometry_type": d["geometry_type"],
+                    "fields": d["fields"],
+                    "srs": (d["crs"] or "").lower() or None,
+                }
+            )
+    (directory / "style.xml").write_text(default_style(described), encoding="utf-8")
+
+
+def _split_layer(spec: str) -> tuple[str, str, str]:
+    """PATH:LAYER, but leave Windows drive letters (C:\\...) alone."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and len(head) > 1 and not Path(spec).exists():
+        return head, sep, tail
+    return spec, "", ""
+
+
+def project_info(project: Project) -> dict:
+    """Scheme, levels, layers, cache and stored tiles per level."""
+    scheme = project.scheme
+    counts: dict[int, int] = {}
+    if project.cache_path.exists():
+        with project.open_store(create=False) as store:
+            counts = store.count()
+    return {
+        "project": str(project.root),
+        "style": str(project.style.path),
+        "scheme": {
+            "name": scheme.name,
+            "crs": scheme.crs,
+            "wkid": scheme.wkid,
+            "origin": [scheme.origin_x, scheme.origin_y],
+            "tile_size": [scheme.tile_width, scheme.tile_height],
+        },
+        "levels_configured": project.config.levels,
+        "layers": {
+            lyr.name: {
+                "kind": lyr.kind,
+                "path": lyr.path,
+                "layer": lyr.layer,
+                "attributes": list(lyr.attributes),
+                "key": project.key_field(lyr.name),
+            }
+            for lyr in project.style.layers
+        },
+        "cache": str(project.cache_path),
+        "cache_kind": project.config.cache.kind,
+        "levels": {
+            str(lv): {
+                "tiles": counts.get(lv, 0),
+                "scale": scheme.lod(lv).scale,
+                "resolution": scheme.lod(lv).resolution,
+            }
+            for lv in project.levels
+        },
+        "tiles": sum(counts.values()),
+    }
+
+
+def run_demo(
+    directory: Path,
+    *,
+    levels: str = "0-18",
+    cache_kind: str = "compact",
+    say: Callable[[str], None] = print,
+    progress=None,
+) -> dict:
+    """Generate the sample county, build its cache and report where to look."""
+    from tiledelta import sample
+    from tiledelta.seed import seed
+
+    directory = Path(directory)
+    counts = sample.generate(directory)
+    say(
+        f"sample county written to {directory / 'data' / 'county.gpkg'}: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+    )
+    init_project(
+        directory, style=directory / "style.xml", levels=levels, cache_kind=cache_kind, force=True
+    )
+    project = load_project(directory)
+    full = seed(project, progress=progress)
+    say(
+        f"full build: {full['tiles_written']:,} tiles in {full['seconds']:.1f} s -> {full['cache']}"
+    )
+    return {"seed": full}

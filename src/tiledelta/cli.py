@@ -1,0 +1,229 @@
+"""The ``tiledelta`` command line: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from tiledelta.errors import TileDeltaError
+
+project_option = click.option(
+    "--project",
+    "-p",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Project folder (holds tiledelta.toml).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def _echo_json(obj: dict) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool):
+    """Yield a ``callback(done, total)``; draws a rich bar on a terminal only."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class Rate(TextColumn):
+        def render(self, task):  # tiles per second
+            speed = task.finished_speed or task.speed
+            return f"{speed:,.0f} tiles/s" if speed else ""
+
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(""),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as prog:
+        task = prog.add_task(label, total=None)
+
+        def cb(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield cb
+
+
+class Main(click.Group):
+    """Turns library errors into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TileDeltaError as exc:
+            click.echo(f"tiledelta: error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("tiledelta: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=Main)
+@click.option("-v", "--verbose", count=True, help="Log more (-vv for debug).")
+@click.version_option(package_name="tiledelta")
+def main(verbose: int) -> None:
+    """Keep raster tile caches fresh: re-render only the tiles that changed data touches."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--style",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mapnik XML style (the map document).",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Datasource for a default style (PATH or PATH:LAYER); repeatable.",
+)
+@click.option("--levels", default="0-19", show_default=True, help="Level range, e.g. 9-19.")
+@click.option(
+    "--scheme",
+    default="web-mercator",
+    show_default=True,
+    help="web-mercator, or a conf.xml / root.json / MapServer JSON file.",
+)
+@click.option(
+    "--cache",
+    "cache_kind",
+    type=click.Choice(["compact", "mbtiles", "xyz"]),
+    default="compact",
+    show_default=True,
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "png8", "jpeg", "mixed"]),
+    default="png",
+    show_default=True,
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing tiledelta.toml.")
+def init(
+    directory: Path,
+    style: Path | None,
+    sources: tuple[str, ...],
+    levels: str,
+    scheme: str,
+    cache_kind: str,
+    fmt: str,
+    force: bool,
+) -> None:
+    """Create a project: DIRECTORY/tiledelta.toml."""
+    from tiledelta.api import init_project
+
+    path = init_project(
+        directory,
+        style=style,
+        sources=list(sources),
+        levels=levels,
+        scheme=scheme,
+        cache_kind=cache_kind,
+        fmt=fmt,
+        force=force,
+    )
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@project_option
+@json_option
+def seed(project_dir: Path, as_json: bool) -> None:
+    """Build every tile of the configured levels."""
+    from tiledelta.api import load_project
+    from tiledelta.seed import seed as do_seed
+
+    project = load_project(project_dir)
+    with progress_bar("seeding", not as_json) as cb:
+        result = do_seed(project, progress=cb)
+    if as_json:
+        _echo_json(result)
+    else:
+        _print_run(result, "seeded")
+
+
+def _print_run(result: dict, verb: str) -> None:
+    click.echo(
+        f"{verb} {result['tiles_written']:,} tiles "
+        f"({result['tiles_rendered']:,} rendered, {result['tiles_blank']:,} blank) "
+        f"in {result['seconds']:.1f} s into {result['cache']}"
+    )
+
+
+@main.command()
+@project_option
+@json_option
+def info(project_dir: Path, as_json: bool) -> None:
+    """Show the project: scheme, levels, layers, cache and tiles per level."""
+    from tiledelta.api import load_project, project_info
+
+    result = project_info(load_project(project_dir))
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"project  {result['project']}")
+    click.echo(f"style    {result['style']}")
+    s = result["scheme"]
+    click.echo(f"scheme   {s['name']} ({s['crs']}), levels {result['levels_configured']}")
+    click.echo(f"cache    {result['cache_kind']} at {result['cache']}")
+    for name, lyr in result["layers"].items():
+        click.echo(
+            f"layer    {name}: {lyr['kind']} {lyr['path']}"
+            + (f" [{lyr['layer']}]" if lyr.get("layer") else "")
+        )
+    click.echo("level  stored tiles")
+    for lv, d in result["levels"].items():
+        click.echo(f"{lv:>5}  {d['tiles']:>12,}")
+
+
+@main.command()
+@click.argument(
+    "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("sample-project")
+)
+@click.option("--levels", default="0-18", show_default=True)
+@click.option(
+    "--cache",
+    "cache_kind",
+    type=click.Choice(["compact", "mbtiles", "xyz"]),
+    default="compact",
+    show_default=True,
+)
+@json_option
+def demo(directory: Path, levels: str, cache_kind: str, as_json: bool) -> None:
+    """The main job on sample data: make a sample county, build its cache, edit, update."""
+    from tiledelta.api import run_demo
+
+    say: Callable[[str], None] = (lambda _m: None) if as_json else click.echo
+    with progress_bar("working", not as_json) as cb:
+        result = run_demo(directory, levels=levels, cache_kind=cache_kind, say=say, progress=cb)
+    if as_json:
+        _echo_json(result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,150 @@
+"""The project: ``tiledelta.toml`` in a folder, and everything derived from it.
+
+Relative paths in the file resolve against the project folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tiledelta.errors import ConfigError
+from tiledelta.grid import Bounds, TilingScheme
+from tiledelta.render import RenderSettings
+from tiledelta.style import Style, load_style
+
+PROJECT_FILE = "tiledelta.toml"
+STATE_DIR = ".tiledelta"
+
+
+class CacheConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["compact", "mbtiles", "xyz"] = "compact"
+    path: str = "cache"
+    format: Literal["png", "png8", "jpeg", "mixed"] = "png"
+    quality: int = Field(75, ge=1, le=100)
+
+
+class RenderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metatile: int = Field(4, ge=1, le=16)
+    buffer: int = Field(64, ge=0, le=1024)
+    processes: int = Field(0, ge=0, description="0 = all cores")
+    extent: tuple[float, float, float, float] | None = None
+
+
+class LayerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = None
+
+
+class ProjectConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    style: str
+    scheme: str = "web-mercator"
+    levels: str = "0-19"
+    cache: CacheConfig = CacheConfig()
+    render: RenderConfig = RenderConfig()
+    layers: dict[str, LayerConfig] = {}
+
+
+class Project:
+    """A loaded project folder."""
+
+    def __init__(self, root: Path, config: ProjectConfig) -> None:
+        self.root = root.resolve()
+        self.config = config
+        self._style: Style | None = None
+        self._scheme: TilingScheme | None = None
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, root: Path | str = ".") -> Project:
+        root = Path(root)
+        path = root / PROJECT_FILE
+        if not path.is_file():
+            raise ConfigError(
+                f"{path}: no project file; run 'tiledelta init {root}' first or pass --project"
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+        try:
+            config = ProjectConfig.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"{path}: field '{where}': {err['msg']}") from exc
+        return cls(root, config)
+
+    def save(self) -> Path:
+        path = self.root / PROJECT_FILE
+        data = self.config.model_dump(exclude_none=True)
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    # -- derived -----------------------------------------------------------------------------
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def style(self) -> Style:
+        if self._style is None:
+            self._style = load_style(self.resolve(self.config.style))
+        return self._style
+
+    @property
+    def scheme(self) -> TilingScheme:
+        if self._scheme is None:
+            from tiledelta.schemes import load_scheme
+
+            self._scheme = load_scheme(self.config.scheme, self.root)
+        return self._scheme
+
+    @property
+    def levels(self) -> list[int]:
+        from tiledelta.schemes import select_levels
+
+        return select_levels(self.scheme, self.config.levels)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.resolve(self.config.cache.path)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def extent(self) -> Bounds | None:
+        e = self.config.render.extent
+        return Bounds(*e) if e else None
+
+    @property
+    def settings(self) -> RenderSettings:
+        r, c = self.config.render, self.config.cache
+        return RenderSettings(metatile=r.metatile, buffer=r.buffer, fmt=c.format, quality=c.quality)
+
+    def key_field(self, layer: str) -> str | None:
+        cfg = self.config.layers.get(layer)
+        return cfg.key if cfg else None
+
+    def open_store(self, create: bool = True):
+        from tiledelta.stores import open_store
+
+        c = self.config.cache
+        return open_store(
+            c.kind, self.cache_path, self.scheme, fmt=c.format, quality=c.quality, create=create
+        )

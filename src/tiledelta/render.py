@@ -1,0 +1,215 @@
+"""Render meta-tiles with Mapnik and cut them into encoded tiles.
+
+Each meta-tile (``metatile`` × ``metatile`` tiles) is drawn once with a pixel
+buffer around it, so labels and symbols are placed as if the map had no tile
+edges, then sliced. Mapnik is given in-memory datasources holding exactly the
+features whose bounding box meets the meta-tile's buffered extent, in the
+layer's stable order (see :mod:`tiledelta.sources`); Mapnik applies the same
+bounding-box test itself, so the picture equals what it would draw from the
+full layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mapnik
+import numpy as np
+import pyproj
+import shapely
+
+from tiledelta.errors import StyleError
+from tiledelta.grid import Bounds, TilingScheme, tile_bounds
+from tiledelta.sources import LayerData
+from tiledelta.style import Style
+
+FORMATS = ("png", "png8", "jpeg", "mixed")
+#: Mapnik's standardized rendering pixel size (OGC SLD), used for scale denominators.
+MAPNIK_PIXEL_METERS = 0.00028
+#: Relative slack added to query boxes so float rounding never drops a feature Mapnik would see.
+QUERY_SLACK = 1e-9
+
+TileResult = tuple[int, int, int, bytes | None]
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How meta-tiles are drawn and encoded."""
+
+    metatile: int = 4
+    buffer: int = 64
+    fmt: str = "png"
+    quality: int = 75
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
+        if not 1 <= self.metatile <= 16:
+            raise ValueError("metatile must be between 1 and 16")
+        if not 0 <= self.buffer <= 1024:
+            raise ValueError("buffer must be between 0 and 1024 pixels")
+        if not 1 <= self.quality <= 100:
+            raise ValueError("quality must be between 1 and 100")
+
+
+def mapnik_srs(crs: str) -> str:
+    """A projection string Mapnik accepts for ``crs``."""
+    c = pyproj.CRS.from_user_input(crs)
+    epsg = c.to_epsg()
+    return f"epsg:{epsg}" if epsg else c.to_proj4()
+
+
+def metatile_bounds(scheme: TilingScheme, level: int, mrow: int, mcol: int, meta: int) -> Bounds:
+    """The unbuffered extent of meta-tile (``mrow``, ``mcol``) at ``level``."""
+    tl = tile_bounds(scheme, level, mrow * meta, mcol * meta)
+    res = scheme.resolution(level)
+    return Bounds(
+        tl.xmin,
+        tl.ymax - meta * scheme.tile_height * res,
+        tl.xmin + meta * scheme.tile_width * res,
+        tl.ymax,
+    )
+
+
+def query_pad(scheme: TilingScheme, level: int, buffer_px: int) -> float:
+    """How far (map units) beyond a meta-tile Mapnik reads features at ``level``."""
+    res = scheme.resolution(level)
+    pad = buffer_px * res
+    size = max(scheme.tile_width, scheme.tile_height) * res
+    return pad + QUERY_SLACK * (abs(scheme.origin_x) + abs(scheme.origin_y) + size)
+
+
+def mapnik_scale_denominator(scheme: TilingScheme, level: int) -> float:
+    """The scale denominator Mapnik uses for rules and layers at ``level``."""
+    return scheme.resolution(level) / MAPNIK_PIXEL_METERS
+
+
+class Renderer:
+    """Draws meta-tiles of one style over preloaded layer data (one per process)."""
+
+    def __init__(
+        self,
+        style: Style,
+        scheme: TilingScheme,
+        layers: dict[str, LayerData],
+        settings: RenderSettings,
+    ) -> None:
+        self.scheme = scheme
+        self.settings = settings
+        self.layers = layers
+        meta = settings.metatile
+        self.size = (meta * scheme.tile_width, meta * scheme.tile_height)
+        self.map = mapnik.Map(*self.size)
+        try:
+            mapnik.load_map_from_string(
+                self.map, style.xml_without_datasources, True, str(style.path.parent)
+            )
+        except Exception as exc:  # Mapnik raises RuntimeError with its reason
+            raise StyleError(f"{style.path}: Mapnik cannot load the style: {exc}") from exc
+        srs = mapnik_srs(scheme.crs)
+        self.map.srs = srs
+        self.map.buffer_size = settings.buffer
+        self._mlayers = {}
+        for lyr in self.map.layers:
+            lyr.srs = srs
+            self._mlayers[lyr.name] = lyr
+        self._buffers = {
+            lyr.name: (lyr.buffer_size if lyr.buffer_size is not None else settings.buffer)
+            for lyr in style.layers
+        }
+        self._trees = {
+            name: shapely.STRtree(shapely.box(*data.bounds.T)) if len(data) else None
+            for name, data in layers.items()
+        }
+        self._features: dict[str, list] = {name: [None] * len(d) for name, d in layers.items()}
+        self._context = mapnik.Context()
+        for data in layers.values():
+            for a in data.attrs:
+                self._context.push(a)
+        self.background = self._background_pixel()
+
+    def _background_pixel(self) -> np.ndarray:
+        for lyr in self.map.layers:
+            lyr.datasource = mapnik.MemoryDatasource()
+        self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
+        im = mapnik.Image(*self.size)
+        mapnik.render(self.map, im)
+        return np.frombuffer(im.to_string(), dtype=np.uint8)[:4].copy()
+
+    def _feature(self, name: str, i: int):
+        f = self._features[name][i]
+        if f is None:
+            data = self.layers[name]
+            f = mapnik.Feature(self._context, i + 1)
+            f.geometry = mapnik.Geometry.from_wkb(data.wkb[i])
+            for a, col in data.attrs.items():
+                v = col[i]
+                if v is not None:
+                    f[a] = v
+            self._features[name][i] = f
+        return f
+
+    def render_metatile(self, level: int, mrow: int, mcol: int) -> mapnik.Image:
+        """Draw one meta-tile and return Mapnik's image."""
+        b = metatile_bounds(self.scheme, level, mrow, mcol, self.settings.metatile)
+        for name, lyr in self._mlayers.items():
+            ds = mapnik.MemoryDatasource()
+            tree = self._trees.get(name)
+            if tree is not None:
+                pad = query_pad(self.scheme, level, self._buffers.get(name, self.settings.buffer))
+                box = shapely.box(b.xmin - pad, b.ymin - pad, b.xmax + pad, b.ymax + pad)
+                for i in np.sort(tree.query(box)):
+                    ds.add_feature(self._feature(name, int(i)))
+            lyr.datasource = ds
+        self.map.zoom_to_box(mapnik.Box2d(b.xmin, b.ymin, b.xmax, b.ymax))
+        im = mapnik.Image(*self.size)
+        mapnik.render(self.map, im)
+        return im
+
+    def tiles(
+        self, level: int, mrow: int, mcol: int, wanted: set[tuple[int, int]] | None = None
+    ) -> list[TileResult]:
+        """Render a meta-tile and return its tiles, encoded; ``None`` data = blank tile.
+
+        ``wanted`` limits the output to those (row, col); by default every tile of
+        the meta-tile is returned.
+        """
+        im = self.render_metatile(level, mrow, mcol)
+        w, h = self.size
+        pixels = np.frombuffer(im.to_string(), dtype=np.uint8).reshape(h, w, 4)
+        meta = self.settings.metatile
+        tw, th = self.scheme.tile_width, self.scheme.tile_height
+        out: list[TileResult] = []
+        for j in range(meta):
+            for i in range(meta):
+                row, col = mrow * meta + j, mcol * meta + i
+                if wanted is not None and (row, col) not in wanted:
+                    continue
+                tile = pixels[j * th : (j + 1) * th, i * tw : (i + 1) * tw]
+                if (tile == self.background).all():
+                    out.append((level, row, col, None))
+                    continue
+                view = im.view(i * tw, j * th, tw, th)
+                out.append((level, row, col, encode(view, tile, self.settings)))
+        return out
+
+
+def encode(view, tile: np.ndarray, settings: RenderSettings) -> bytes:
+    """Encode a tile (a Mapnik image view and its RGBA pixels) in the configured format."""
+    fmt = settings.fmt
+    if fmt == "mixed":
+        fmt = "jpeg" if tile[..., 3].min() == 255 else "png"
+    if fmt == "png":
+        return view.to_string("png32")
+    if fmt == "png8":
+        return view.to_string("png8")
+    return view.to_string(f"jpeg{settings.quality}")
+
+
+def expected_tile_count(scheme: TilingScheme, level: int, bounds: Bounds) -> int:
+    """Tiles of ``level`` over ``bounds`` (for info / estimates)."""
+    res = scheme.resolution(level)
+    return math.ceil((bounds.xmax - bounds.xmin) / (scheme.tile_width * res)) * math.ceil(
+        (bounds.ymax - bounds.ymin) / (scheme.tile_height * res)
+    )

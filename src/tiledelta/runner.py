@@ -1,0 +1,144 @@
+"""Run a tile plan: render meta-tiles in worker processes, write tiles bundle by bundle.
+
+Workers draw and encode; the parent process is the only writer, and it
+writes each bundle (128×128 tiles) once, after all its meta-tiles are drawn.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import mapnik
+
+from tiledelta.grid import TilingScheme
+from tiledelta.plan import TilePlan, metatile_tiles
+from tiledelta.render import Renderer, RenderSettings, TileResult
+from tiledelta.sources import LayerData
+from tiledelta.style import Style
+
+BUNDLE = 128
+CHUNK = 8  # meta-tiles per task
+
+_renderer: Renderer | None = None
+
+
+@dataclass
+class RunStats:
+    tiles_rendered: int = 0  # tiles cut from rendered meta-tiles (blank ones included)
+    tiles_written: int = 0  # tiles stored with new bytes
+    tiles_unchanged: int = 0  # rendered tiles whose stored bytes were already identical
+    tiles_removed: int = 0  # stored tiles that became blank and were deleted
+    tiles_blank: int = 0  # blank tiles (not stored)
+    metatiles: int = 0
+    levels: dict[int, int] = field(default_factory=dict)  # level -> tiles written (seed)
+
+    def count_level(self, level: int) -> None:
+        self.levels[level] = self.levels.get(level, 0) + 1
+
+
+def _init(style: Style, scheme: TilingScheme, layers: dict[str, LayerData], settings) -> None:
+    global _renderer
+    mapnik.clear_cache()
+    _renderer = Renderer(style, scheme, layers, settings)
+
+
+def _work(task: tuple[int, list[tuple[int, int, tuple | None]]]) -> list[TileResult]:
+    level, items = task
+    assert _renderer is not None
+    out: list[TileResult] = []
+    for mrow, mcol, wanted in items:
+        out.extend(_renderer.tiles(level, mrow, mcol, set(wanted) if wanted else None))
+    return out
+
+
+def _tasks(scheme: TilingScheme, plan: TilePlan) -> tuple[list, dict[tuple, int]]:
+    """Chunks of meta-tiles grouped by bundle, and the number of chunks per bundle."""
+    meta = plan.metatile
+    tasks: list = []
+    per_group: dict[tuple, int] = {}
+    for level in sorted(plan.levels):
+        mts = plan.levels[level]
+        groups: dict[tuple, list] = {}
+        for mrow, mcol in mts.tolist():
+            key = (level, mrow * meta // BUNDLE, mcol * meta // BUNDLE)
+            tiles = metatile_tiles(scheme, level, mrow, mcol, meta)
+            full = len(tiles) == meta * meta
+            groups.setdefault(key, []).append((mrow, mcol, None if full else tuple(tiles)))
+        for key, items in groups.items():
+            chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+            per_group[key] = len(chunks)
+            tasks.extend((key, (level, ch)) for ch in chunks)
+    return tasks, per_group
+
+
+def worker_count(requested: int) -> int:
+    return requested if requested > 0 else (os.cpu_count() or 1)
+
+
+def run_plan(
+    style: Style,
+    scheme: TilingScheme,
+    layers: dict[str, LayerData],
+    settings: RenderSettings,
+    plan: TilePlan,
+    store,
+    *,
+    processes: int = 0,
+    compare: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> RunStats:
+    """Render every meta-tile of ``plan`` and write its tiles into ``store``.
+
+    Blank tiles are not stored. With ``compare`` (updates), tiles whose bytes
+    equal the stored ones are left alone and stored tiles that became blank are
+    deleted. ``progress`` is called with the number of tiles done after each chunk.
+    """
+    stats = RunStats(metatiles=plan.metatile_count)
+    tasks, per_group = _tasks(scheme, plan)
+    if not tasks:
+        return stats
+    pending: dict[tuple, list[TileResult]] = {}
+    left = dict(per_group)
+
+    def flush(key: tuple) -> None:
+        results = pending.pop(key, [])
+        stats.tiles_rendered += len(results)
+        old = store.get_many([(lv, r, c) for lv, r, c, _ in results]) if compare else {}
+        writes = []
+        for lv, r, c, data in results:
+            prev = old.get((lv, r, c))
+            if data is None:
+                stats.tiles_blank += 1
+                if prev is not None:
+                    writes.append((lv, r, c, None))
+                    stats.tiles_removed += 1
+            elif prev == data:
+                stats.tiles_unchanged += 1
+            else:
+                writes.append((lv, r, c, data))
+                stats.tiles_written += 1
+                stats.count_level(lv)
+        if writes:
+            store.put_many(writes)
+
+    def consume(results_iter: Iterator[list[TileResult]]) -> None:
+        for (key, _task), results in zip(tasks, results_iter, strict=True):
+            pending.setdefault(key, []).extend(results)
+            left[key] -= 1
+            if left[key] == 0:
+                flush(key)
+            if progress:
+                progress(len(results))
+
+    nproc = min(worker_count(processes), len(tasks))
+    if nproc <= 1:
+        _init(style, scheme, layers, settings)
+        consume(_work(t) for _k, t in tasks)
+        return stats
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(nproc, initializer=_init, initargs=(style, scheme, layers, settings)) as pool:
+        consume(pool.imap(_work, [t for _k, t in tasks], chunksize=1))
+    return stats

@@ -1,0 +1,150 @@
+"""Full builds: render every non-blank tile of the configured levels."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tiledelta.errors import CacheError
+from tiledelta.plan import TilePlan, plan_for_boxes
+from tiledelta.project import Project
+from tiledelta.runner import RunStats, run_plan
+from tiledelta.sources import LayerData, read_layer
+
+log = logging.getLogger(__name__)
+
+
+def read_layers(project: Project) -> dict[str, LayerData]:
+    """Every style layer's features, in scheme CRS and stable order."""
+    return {
+        src.name: read_layer(src, project.scheme.crs, project.key_field(src.name))
+        for src in project.style.layers
+    }
+
+
+def full_plan(project: Project, layers: dict[str, LayerData], levels: list[int]) -> TilePlan:
+    """Meta-tiles that any feature reaches, per level (all others are blank)."""
+    s = project.settings
+    return plan_for_boxes(
+        project.scheme,
+        project.style,
+        {name: d.bounds for name, d in layers.items()},
+        levels,
+        s.metatile,
+        s.buffer,
+        extent=project.extent,
+    )
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace ``final`` by ``new`` (files or folders) with two renames."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def seed(
+    project: Project,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Build the whole cache anew and record the snapshot; return a summary.
+
+    The cache is built beside the old one and swapped in at the end, so a
+    failed build leaves the previous cache untouched.
+    """
+    t0 = time.perf_counter()
+    scheme, levels = project.scheme, project.levels
+    final = project.cache_path
+    if final.exists():
+        # Refuse early when the existing cache holds another scheme.
+        project.open_store(create=False).close()
+    layers = read_layers(project)
+    plan = full_plan(project, layers, levels)
+    t_read = time.perf_counter()
+    total = sum(plan.tile_count(scheme).values())
+    building = final.with_name(final.name + ".building")
+    if building.exists():
+        shutil.rmtree(building) if building.is_dir() else building.unlink()
+    from tiledelta.stores import open_store
+
+    c = project.config.cache
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    try:
+        with open_store(c.kind, building, scheme, fmt=c.format, quality=c.quality) as store:
+            if hasattr(store, "set_extent"):
+                store.set_extent(_data_extent(layers) or scheme.extent)
+            stats = run_plan(
+                project.style,
+                scheme,
+                layers,
+                project.settings,
+                plan,
+                store,
+                processes=project.config.render.processes,
+                progress=tick,
+            )
+        _swap_in(building, final)
+    except BaseException:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True) if building.is_dir() else building.unlink()
+        raise
+    from tiledelta.snapshot import record_build
+
+    record_build(project, layers, levels, kind="seed")
+    return summary(
+        project, stats, plan, levels, time.perf_counter() - t0, stages={"read_plan": t_read - t0}
+    )
+
+
+def _data_extent(layers: dict[str, LayerData]):
+    import numpy as np
+
+    from tiledelta.grid import Bounds
+
+    boxes = [d.bounds for d in layers.values() if len(d)]
+    if not boxes:
+        return None
+    b = np.concatenate(boxes)
+    return Bounds(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+
+
+def summary(
+    project: Project,
+    stats: RunStats,
+    plan: TilePlan,
+    levels: list[int],
+    seconds: float,
+    stages: dict[str, float] | None = None,
+) -> dict:
+    """The JSON summary shared by seed and update."""
+    if not isinstance(stats, RunStats):
+        raise CacheError("internal: bad run statistics")
+    return {
+        "cache": str(project.cache_path),
+        "cache_kind": project.config.cache.kind,
+        "levels": {str(lv): {"tiles": stats.levels.get(lv, 0)} for lv in levels},
+        "metatiles_rendered": stats.metatiles,
+        "tiles_rendered": stats.tiles_rendered,
+        "tiles_written": stats.tiles_written,
+        "tiles_unchanged": stats.tiles_unchanged,
+        "tiles_removed": stats.tiles_removed,
+        "tiles_blank": stats.tiles_blank,
+        "seconds": round(seconds, 3),
+        "stages": {k: round(v, 3) for k, v in (stages or {}).items()},
+    }

@@ -1,0 +1,202 @@
+"""Read each style layer's features with GDAL (pyogrio), in a stable order.
+
+The order is the dataset's own full-scan order (file order for shapefiles,
+row order for GeoPackage/SQLite), never an index order, so that what Mapnik
+draws does not depend on where unrelated features are stored
+(docs: findings.md §2). Geometries are returned in the tiling scheme's CRS,
+with their bounding boxes and a fingerprint of what the renderer sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyproj
+import shapely
+
+from tiledelta.errors import SourceError
+from tiledelta.style import LayerSource
+
+
+@dataclass
+class LayerData:
+    """One layer's features, as the renderer sees them, in scheme CRS."""
+
+    name: str
+    keys: np.ndarray  # key field values, or feature ids
+    wkb: np.ndarray  # object array of WKB bytes (scheme CRS)
+    bounds: np.ndarray  # (n, 4) float64 xmin, ymin, xmax, ymax
+    attrs: dict[str, list]  # attribute name -> python values, only those the style uses
+    fingerprints: np.ndarray  # (n,) uint64 hash of geometry + used attributes
+
+    def __len__(self) -> int:
+        return len(self.wkb)
+
+    def subset(self, idx: np.ndarray) -> LayerData:
+        """The features at ``idx`` (kept in order)."""
+        return LayerData(
+            name=self.name,
+            keys=self.keys[idx],
+            wkb=self.wkb[idx],
+            bounds=self.bounds[idx],
+            attrs={k: [v[i] for i in idx] for k, v in self.attrs.items()},
+            fingerprints=self.fingerprints[idx],
+        )
+
+
+def _open_kwargs(src: LayerSource) -> dict:
+    kw: dict = {}
+    if src.layer:
+        kw["layer"] = src.layer
+    return kw
+
+
+def _check_exists(src: LayerSource) -> None:
+    if src.path.startswith("PG:"):
+        return
+    if not Path(src.path).exists():
+        raise SourceError(
+            f"layer {src.name!r}: datasource {src.path} does not exist; fix the path in the style"
+        )
+
+
+def describe(path: str, layer: str | None = None) -> dict:
+    """Geometry type, fields, CRS and feature count of one dataset layer."""
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+    except Exception as exc:  # pyogrio raises several DataSource/DataLayer errors
+        raise SourceError(f"{path}: cannot open ({_short(exc)})") from exc
+    return {
+        "layer": info["layer_name"],
+        "geometry_type": info["geometry_type"],
+        "fields": list(info["fields"]),
+        "crs": info["crs"],
+        "features": info["features"],
+        "bounds": info.get("total_bounds"),
+    }
+
+
+def list_layers(path: str) -> list[str]:
+    """Names of the vector layers in a dataset."""
+    try:
+        return [str(row[0]) for row in pyogrio.list_layers(path)]
+    except Exception as exc:
+        raise SourceError(f"{path}: cannot open ({_short(exc)})") from exc
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _transformer(src_crs: str | None, src: LayerSource, target: pyproj.CRS):
+    crs_text = src_crs or src.srs
+    if not crs_text:
+        raise SourceError(
+            f"layer {src.name!r}: {src.path} has no coordinate system; add a .prj or set "
+            'srs="epsg:NNNN" on the <Layer>'
+        )
+    try:
+        crs = pyproj.CRS.from_user_input(crs_text)
+    except pyproj.exceptions.CRSError as exc:
+        raise SourceError(f"layer {src.name!r}: unknown CRS {crs_text!r} ({exc})") from exc
+    if crs.equals(target, ignore_axis_order=True):
+        return None
+    return pyproj.Transformer.from_crs(crs, target, always_xy=True)
+
+
+def _value(v):
+    if v is None:
+        return None
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> LayerData:
+    """Read every feature of ``src`` in full-scan order, reprojected to ``target_crs``.
+
+    Features with no geometry are skipped (Mapnik draws nothing for them).
+    ``key`` names a field whose value identifies a feature across edits.
+    """
+    _check_exists(src)
+    kw = _open_kwargs(src)
+    try:
+        info = pyogrio.read_info(src.path, **kw)
+    except Exception as exc:
+        raise SourceError(
+            f"layer {src.name!r}: cannot open {src.path}"
+            + (f" layer {src.layer!r}" if src.layer else "")
+            + f" ({_short(exc)})"
+        ) from exc
+    fields = list(info["fields"])
+    wanted = list(src.attributes)
+    missing = [a for a in wanted if a not in fields]
+    if missing:
+        raise SourceError(
+            f"layer {src.name!r}: the style uses field(s) {', '.join(missing)} that "
+            f"{Path(src.path).name} does not have (fields: {', '.join(fields) or 'none'})"
+        )
+    if key and key not in fields:
+        raise SourceError(
+            f"layer {src.name!r}: key field {key!r} is not in {Path(src.path).name} "
+            f"(fields: {', '.join(fields) or 'none'}); fix [layers.{src.name}] key"
+        )
+    columns = sorted(set(wanted) | ({key} if key else set()))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta, fids, geoms, values = pyogrio.raw.read(
+                src.path, columns=columns, return_fids=True, **kw
+            )
+    except Exception as exc:
+        raise SourceError(f"layer {src.name!r}: cannot read {src.path} ({_short(exc)})") from exc
+    by_name = dict(zip(meta["fields"], values, strict=True))
+    geoms = np.asarray(geoms, dtype=object)
+    keep = np.array([g is not None and len(g) > 0 for g in geoms], dtype=bool)
+    shp = shapely.from_wkb(geoms[keep]) if keep.any() else np.array([], dtype=object)
+    nonempty = ~shapely.is_empty(shp) if len(shp) else np.array([], dtype=bool)
+    idx = np.flatnonzero(keep)[nonempty]
+    shp = shp[nonempty]
+    src_wkb = geoms[idx]
+
+    target = pyproj.CRS.from_user_input(target_crs)
+    tr = _transformer(meta.get("crs"), src, target)
+    if tr is not None and len(shp):
+        shp = shapely.transform(shp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        wkb = np.asarray(shapely.to_wkb(shp), dtype=object)
+    else:
+        wkb = src_wkb
+    bounds = shapely.bounds(shp) if len(shp) else np.zeros((0, 4))
+
+    attrs = {a: [_value(v) for v in np.asarray(by_name[a], dtype=object)[idx]] for a in wanted}
+    keys = np.asarray(by_name[key], dtype=object)[idx] if key else np.asarray(fids)[idx]
+    fps = fingerprints(src_wkb, attrs)
+    return LayerData(
+        name=src.name, keys=keys, wkb=wkb, bounds=bounds, attrs=attrs, fingerprints=fps
+    )
+
+
+def fingerprints(wkb: np.ndarray, attrs: dict[str, list]) -> np.ndarray:
+    """64-bit hash per feature of its geometry and the given attribute values."""
+    names = sorted(attrs)
+    cols = [attrs[n] for n in names]
+    out = np.empty(len(wkb), dtype=np.uint64)
+    blake = hashlib.blake2b
+    for i, g in enumerate(wkb):
+        h = blake(g, digest_size=8)
+        for c in cols:
+            h.update(repr(c[i]).encode())
+            h.update(b"\x1f")
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
