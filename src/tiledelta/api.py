@@ -153,9 +153,10 @@ def run_demo(
     say: Callable[[str], None] = print,
     progress=None,
 ) -> dict:
-    """Generate the sample county, build its cache and report where to look."""
+    """The main job on sample data: build a sample county's cache, edit the data, update."""
     from tiledelta import sample
     from tiledelta.seed import seed
+    from tiledelta.update import update
 
     directory = Path(directory)
     counts = sample.generate(directory)
@@ -164,11 +165,73 @@ def run_demo(
         + ", ".join(f"{v} {k}" for k, v in counts.items())
     )
     init_project(
-        directory, style=directory / "style.xml", levels=levels, cache_kind=cache_kind, force=True
+        directory,
+        style=directory / "style.xml",
+        levels=levels,
+        cache_kind=cache_kind,
+        force=True,
     )
     project = load_project(directory)
     full = seed(project, progress=progress)
     say(
-        f"full build: {full['tiles_written']:,} tiles in {full['seconds']:.1f} s -> {full['cache']}"
+        f"full build: {full['tiles_written']:,} tiles ({full['metatiles_rendered']:,} meta-tiles) "
+        f"in {full['seconds']:.2f} s -> {full['cache']}"
     )
-    return {"seed": full}
+    say("editing the sample data:")
+    for line in sample.apply_edits(directory):
+        say(f"  - {line}")
+    upd = update(load_project(directory), progress=progress)
+    for name, c in upd["changes"]["layers"].items():
+        if any(c.values()):
+            say(f"  {name}: {c['added']} added, {c['modified']} modified, {c['deleted']} deleted")
+    say(
+        f"update: re-rendered {upd['tiles_rendered']:,} tiles ({upd['metatiles_rendered']:,} "
+        f"meta-tiles), wrote {upd['tiles_written']:,}, removed {upd['tiles_removed']:,}, "
+        f"{upd['tiles_unchanged']:,} unchanged, in {upd['seconds']:.2f} s "
+        f"(the full build took {full['seconds']:.2f} s)"
+    )
+    say(f"cache: {full['cache']}  (inspect with: tiledelta info --project {directory})")
+    return {"seed": full, "update": upd}
+
+
+def plan_summary(project: Project, aoi: Path | None = None) -> dict:
+    """What ``update`` would do: changes, tiles per level, an estimate; writes no tiles."""
+    from tiledelta.seed import read_layers
+    from tiledelta.update import detect_changes, plan_update
+
+    layers = read_layers(project)
+    changes = detect_changes(project, layers)
+    if changes.rebuild:
+        from tiledelta.seed import full_plan
+
+        plan = full_plan(project, layers, project.levels)
+    else:
+        plan = plan_update(project, changes, layers)
+    counts = plan.tile_count(project.scheme)
+    stored: dict[int, int] = {}
+    if project.cache_path.exists():
+        with project.open_store(create=False) as store:
+            stored = store.count()
+    result = {
+        "changes": changes.as_dict(),
+        "levels": {
+            str(lv): {"tiles": counts.get(lv, 0), "stored": stored.get(lv, 0)}
+            for lv in project.levels
+        },
+        "tiles": sum(counts.values()),
+        "metatiles": plan.metatile_count,
+        "estimated_seconds": _estimate(project, plan.metatile_count),
+    }
+    if aoi is not None:
+        from tiledelta.aoi import write_aoi
+
+        result["aoi_files"] = [str(p) for p in write_aoi(project, changes.boxes(), aoi)]
+    return result
+
+
+def _estimate(project: Project, metatiles: int) -> float | None:
+    """Seconds for ``metatiles`` at the speed the last runs measured."""
+    from tiledelta.snapshot import measured_speed
+
+    speed = measured_speed(project)
+    return round(metatiles / speed, 1) if speed else None

@@ -202,6 +202,94 @@ def info(project_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
+@project_option
+@json_option
+def status(project_dir: Path, as_json: bool) -> None:
+    """What changed since the last build, per layer."""
+    from tiledelta.api import load_project
+    from tiledelta.update import detect_changes
+
+    changes = detect_changes(load_project(project_dir)).as_dict()
+    if as_json:
+        _echo_json(changes)
+        return
+    _print_changes(changes)
+
+
+def _print_changes(changes: dict) -> None:
+    if changes["rebuild"]:
+        click.echo(f"full rebuild needed: {changes['rebuild']}")
+        return
+    for name, c in changes["layers"].items():
+        click.echo(
+            f"{name:<20} {c['added']:>6} added {c['modified']:>6} modified "
+            f"{c['deleted']:>6} deleted"
+        )
+    if changes["new_levels"]:
+        click.echo(f"new levels (full render): {changes['new_levels']}")
+    if changes["dropped_levels"]:
+        click.echo(f"dropped levels (tiles removed): {changes['dropped_levels']}")
+    if changes["unfinished_run"]:
+        click.echo("an earlier update did not finish: its tiles are planned again")
+
+
+@main.command()
+@project_option
+@json_option
+@click.option(
+    "--aoi",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the dirty area: FILE (GeoJSON) and FILE.esri.json "
+    "(Esri FeatureSet in the scheme's spatial reference).",
+)
+def plan(project_dir: Path, as_json: bool, aoi: Path | None) -> None:
+    """Per level, the tiles an update would re-render (writes nothing to the cache)."""
+    from tiledelta.api import load_project, plan_summary
+
+    result = plan_summary(load_project(project_dir), aoi=aoi)
+    if as_json:
+        _echo_json(result)
+        return
+    _print_changes(result["changes"])
+    click.echo("level  tiles to render  tiles stored")
+    for lv, d in result["levels"].items():
+        if d["tiles"]:
+            click.echo(f"{lv:>5}  {d['tiles']:>15,}  {d['stored']:>12,}")
+    est = result.get("estimated_seconds")
+    click.echo(
+        f"total {result['tiles']:,} tiles in {result['metatiles']:,} meta-tiles"
+        + (f", about {est:.1f} s" if est is not None else "")
+    )
+    for f in result.get("aoi_files", []):
+        click.echo(f"wrote {f}")
+
+
+@main.command()
+@project_option
+@json_option
+def update(project_dir: Path, as_json: bool) -> None:
+    """Re-render the tiles that changed data touches, then advance the snapshot."""
+    from tiledelta.api import load_project
+    from tiledelta.update import update as do_update
+
+    project = load_project(project_dir)
+    with progress_bar("updating", not as_json) as cb:
+        result = do_update(project, progress=cb)
+    if as_json:
+        _echo_json(result)
+        return
+    if result.get("rebuild"):
+        click.echo(f"full rebuild ({result['rebuild']})")
+    else:
+        _print_changes(result["changes"])
+    click.echo(
+        f"re-rendered {result['tiles_rendered']:,} tiles: {result['tiles_written']:,} written, "
+        f"{result['tiles_unchanged']:,} unchanged, {result['tiles_removed']:,} removed "
+        f"in {result['seconds']:.2f} s"
+    )
+
+
+@main.command()
 @click.argument(
     "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("sample-project")
 )

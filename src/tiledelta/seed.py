@@ -55,19 +55,27 @@ def seed(
     project: Project,
     *,
     progress: Callable[[int, int], None] | None = None,
+    layers: dict[str, LayerData] | None = None,
+    locked: bool = False,
 ) -> dict:
     """Build the whole cache anew and record the snapshot; return a summary.
 
     The cache is built beside the old one and swapped in at the end, so a
-    failed build leaves the previous cache untouched.
+    failed build leaves the previous cache untouched. ``locked`` says the
+    caller already holds the project lock.
     """
+    if not locked:
+        from tiledelta.update import project_lock
+
+        with project_lock(project):
+            return seed(project, progress=progress, layers=layers, locked=True)
     t0 = time.perf_counter()
     scheme, levels = project.scheme, project.levels
     final = project.cache_path
     if final.exists():
         # Refuse early when the existing cache holds another scheme.
         project.open_store(create=False).close()
-    layers = read_layers(project)
+    layers = layers if layers is not None else read_layers(project)
     plan = full_plan(project, layers, levels)
     t_read = time.perf_counter()
     total = sum(plan.tile_count(scheme).values())
@@ -106,10 +114,11 @@ def seed(
         raise
     from tiledelta.snapshot import record_build
 
-    record_build(project, layers, levels, kind="seed")
-    return summary(
-        project, stats, plan, levels, time.perf_counter() - t0, stages={"read_plan": t_read - t0}
+    result = summary(
+        project, stats, levels, time.perf_counter() - t0, stages={"read_plan": t_read - t0}
     )
+    record_build(project, layers, levels, kind="seed", summary=result, clear_journal=True)
+    return result
 
 
 def _data_extent(layers: dict[str, LayerData]):
@@ -127,7 +136,6 @@ def _data_extent(layers: dict[str, LayerData]):
 def summary(
     project: Project,
     stats: RunStats,
-    plan: TilePlan,
     levels: list[int],
     seconds: float,
     stages: dict[str, float] | None = None,

@@ -85,6 +85,7 @@ def record_build(
     *,
     kind: str,
     summary: dict | None = None,
+    clear_journal: bool = False,
 ) -> None:
     """Advance the snapshot to ``layers`` in one transaction."""
     sig = build_signature(project, levels)
@@ -104,6 +105,8 @@ def record_build(
             ],
         )
         con.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig),))
+        if clear_journal:
+            con.execute("DELETE FROM meta WHERE key='journal'")
         con.execute(
             "INSERT INTO runs (kind, started, finished, status, summary) VALUES (?, ?, ?, ?, ?)",
             (kind, time.time(), time.time(), "ok", json.dumps(summary or {})),
@@ -219,3 +222,21 @@ def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
         old_boxes=old_boxes,
         new_boxes=new_boxes,
     )
+
+
+def measured_speed(project: Project) -> float | None:
+    """Meta-tiles per second over the recent runs that rendered some, or None."""
+    if not state_db(project).exists():
+        return None
+    with closing(connect(project)) as con:
+        rows = con.execute(
+            "SELECT summary FROM runs WHERE status='ok' ORDER BY id DESC LIMIT 10"
+        ).fetchall()
+    n = secs = 0.0
+    for (text,) in rows:
+        s = json.loads(text or "{}")
+        mt = s.get("metatiles_rendered", 0)
+        t = s.get("stages", {}).get("render_write") or s.get("seconds", 0)
+        if mt and t:
+            n, secs = n + mt, secs + t
+    return n / secs if secs else None
