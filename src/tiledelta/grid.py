@@ -127,6 +127,15 @@ def _norm_wkid(wkid: int | None) -> int | None:
     return 102100 if wkid in (3857, 102113, 900913) else wkid
 
 
+def up_to_level(scheme: TilingScheme, max_level: int) -> TilingScheme:
+    """The same grid with only the LODs up to ``max_level``.
+
+    Caches list these in conf.xml: GDAL cannot address Web Mercator LOD 23
+    (2^23 × 256 pixels overflow its raster size), and ArcGIS shows only listed levels.
+    """
+    return scheme.model_copy(update={"lods": tuple(x for x in scheme.lods if x.level <= max_level)})
+
+
 def scale_to_resolution(scale: float, dpi: float = 96, meters_per_unit: float = 1.0) -> float:
     """Map units per pixel for an Esri scale at ``dpi``."""
     return scale / (dpi * INCHES_PER_METER) / meters_per_unit

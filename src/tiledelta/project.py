@@ -146,5 +146,17 @@ class Project:
 
         c = self.config.cache
         return open_store(
-            c.kind, self.cache_path, self.scheme, fmt=c.format, quality=c.quality, create=create
+            c.kind,
+            self.cache_path,
+            self.cache_scheme,
+            fmt=c.format,
+            quality=c.quality,
+            create=create,
         )
+
+    @property
+    def cache_scheme(self) -> TilingScheme:
+        """The scheme as the cache lists it: LODs up to the highest configured level."""
+        from tiledelta.grid import up_to_level
+
+        return up_to_level(self.scheme, max(self.levels))

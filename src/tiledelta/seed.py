@@ -94,7 +94,9 @@ def seed(
             progress(done, total)
 
     try:
-        with open_store(c.kind, building, scheme, fmt=c.format, quality=c.quality) as store:
+        with open_store(
+            c.kind, building, project.cache_scheme, fmt=c.format, quality=c.quality
+        ) as store:
             if hasattr(store, "set_extent"):
                 store.set_extent(_data_extent(layers) or scheme.extent)
             stats = run_plan(

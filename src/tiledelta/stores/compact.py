@@ -1,0 +1,612 @@
+"""Esri Compact Cache V2: ``conf.xml``, ``conf.cdi`` and ``_alllayers/Lnn/RrrrrCcccc.bundle``.
+
+A bundle holds up to 128×128 tiles: a 64-byte header, an index of 16384
+8-byte records (``offset | size << 40``, row-major, size 0 = no tile), then
+the tile bytes, each preceded by its 4-byte little-endian length. Bundles are
+rewritten whole (temp file, fsync, rename), so readers never see a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import struct
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from tiledelta.errors import CacheError, SchemeError
+from tiledelta.grid import LOD, Bounds, TilingScheme, is_web_mercator, web_mercator
+from tiledelta.stores.base import (
+    TMP_SUFFIX,
+    Addr,
+    TileStore,
+    atomic_write,
+    fsync_dir,
+    mismatch_error,
+    tile_format,
+)
+
+PACKET = 128
+RECORDS = PACKET * PACKET
+HEADER = struct.Struct("<4I3Q6I")
+HEADER_SIZE = HEADER.size  # 64
+INDEX_SIZE = RECORDS * 8
+DATA_START = HEADER_SIZE + INDEX_SIZE
+MAX_TILE_SIZE = (1 << 24) - 1  # 3 bytes of size in an index record
+OFFSET_MASK = (1 << 40) - 1
+ESRI_NS = "http://www.esri.com/schemas/ArcGIS/10.0"
+_BUNDLE_RE = re.compile(r"^R([0-9a-fA-F]{4,})C([0-9a-fA-F]{4,})\.bundle$")
+_LEVEL_RE = re.compile(r"^L(\d{2,})$")
+_ESRI_FORMATS = {
+    "PNG": "png", "PNG24": "png", "PNG32": "png", "PNG8": "png8", "JPEG": "jpeg", "JPG": "jpeg",
+    "MIXED": "mixed",
+}  # fmt: skip
+_WEB_MERCATOR_WKIDS = {102100, 102113, 900913, 3857}
+
+
+# --------------------------------------------------------------------- bundles
+
+
+def bundle_name(row: int, col: int) -> str:
+    """File name of the bundle holding tile (row, col): ``R{row0:04x}C{col0:04x}.bundle``."""
+    return f"R{row - row % PACKET:04x}C{col - col % PACKET:04x}.bundle"
+
+
+def parse_bundle_index(head: bytes, source: str = "bundle") -> np.ndarray:
+    """The 16384 index records (uint64, row-major) from a bundle's first 131136 bytes.
+
+    Lenient about the header: ArcGIS writes other values than the published
+    spec in record count and legacy fields, so only the length is checked.
+    """
+    if len(head) < DATA_START:
+        raise CacheError(f"{source}: truncated bundle ({len(head)} bytes, no full index)")
+    return np.frombuffer(head, dtype="<u8", count=RECORDS, offset=HEADER_SIZE)
+
+
+def record_slice(index: np.ndarray, row: int, col: int) -> tuple[int, int]:
+    """(offset, size) of tile (row, col) in its bundle; size 0 = no tile."""
+    rec = int(index[PACKET * (row % PACKET) + col % PACKET])
+    return rec & OFFSET_MASK, rec >> 40
+
+
+def read_record(fh: BinaryIO, index: np.ndarray, pos: int, source: str) -> bytes | None:
+    """The tile bytes of index record ``pos`` (row-major position), read from ``fh``."""
+    rec = int(index[pos])
+    size = rec >> 40
+    if size == 0:
+        return None
+    fh.seek(rec & OFFSET_MASK)
+    data = fh.read(size)
+    if len(data) != size:
+        raise CacheError(f"{source}: tile record {pos} points past the end of the bundle")
+    return data
+
+
+def build_bundle(tiles: Mapping[int, bytes]) -> bytes:
+    """A complete V2 bundle from {row-major position: tile bytes}; equal tiles stored once."""
+    index = np.zeros(RECORDS, dtype="<u8")
+    chunks: list[bytes] = []
+    seen: dict[bytes, list[tuple[bytes, int]]] = {}
+    pos = DATA_START
+    max_size = 0
+    for i in sorted(tiles):
+        data = tiles[i]
+        size = len(data)
+        if not 0 < size <= MAX_TILE_SIZE:
+            raise CacheError(f"tile of {size} bytes cannot be stored in a bundle (1..16 MiB)")
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        offset = next((off for d, off in seen.get(key, ()) if d == data), None)
+        if offset is None:
+            offset = pos + 4
+            chunks.append(struct.pack("<I", size))
+            chunks.append(data)
+            pos = offset + size
+            seen.setdefault(key, []).append((data, offset))
+        index[i] = offset | (size << 40)
+        max_size = max(max_size, size)
+    if pos > OFFSET_MASK:
+        raise CacheError("bundle would exceed the 1 TiB offset limit")
+    header = HEADER.pack(
+        3, RECORDS, max_size, 5, 0, pos, 40, 20 + INDEX_SIZE, 3, 16, RECORDS, 5, INDEX_SIZE
+    )
+    return b"".join([header, index.tobytes(), *chunks])
+
+
+def read_bundle_tiles(fh: BinaryIO, source: str) -> dict[int, bytes]:
+    """Every tile of an open bundle as {row-major position: bytes} (shared copies read once)."""
+    fh.seek(0)
+    index = parse_bundle_index(fh.read(DATA_START), source)
+    out: dict[int, bytes] = {}
+    by_rec: dict[int, bytes] = {}
+    for pos in np.flatnonzero(index >> np.uint64(40)).tolist():
+        rec = int(index[pos])
+        data = by_rec.get(rec)
+        if data is None:
+            data = read_record(fh, index, pos, source)
+            assert data is not None
+            by_rec[rec] = data
+        out[pos] = data
+    return out
+
+
+# ------------------------------------------------------------------- conf.xml
+
+
+def _crs_for(wkid: int | None, latest: int | None, wkt: str | None) -> str:
+    """A pyproj-usable CRS string: EPSG:<latest or wkid> when known, else the WKT."""
+    import pyproj
+
+    for code in (latest, wkid):
+        if code is None:
+            continue
+        if code in _WEB_MERCATOR_WKIDS:
+            return "EPSG:3857"
+        try:
+            pyproj.CRS.from_epsg(code)
+        except pyproj.exceptions.CRSError:
+            continue
+        return f"EPSG:{code}"
+    if wkt:
+        return wkt
+    raise CacheError(f"spatial reference (wkid {wkid}, latest {latest}) is unknown and has no WKT")
+
+
+def scheme_from_parts(
+    *,
+    name: str | None,
+    wkid: int | None,
+    latest_wkid: int | None,
+    wkt: str | None,
+    origin: tuple[float, float],
+    size: tuple[int, int],
+    dpi: int,
+    lods: Iterable[LOD],
+) -> TilingScheme:
+    """Build a :class:`TilingScheme` from Esri tiling facts (shared by conf.xml and root.json)."""
+    try:
+        scheme = TilingScheme(
+            name=name or "custom",
+            crs=_crs_for(wkid, latest_wkid, wkt),
+            wkid=wkid,
+            latest_wkid=latest_wkid,
+            origin_x=origin[0],
+            origin_y=origin[1],
+            tile_width=size[0],
+            tile_height=size[1],
+            dpi=dpi,
+            lods=tuple(sorted(lods, key=lambda lod: lod.level)),
+        )
+    except SchemeError as exc:
+        raise CacheError(f"invalid tiling scheme: {exc}") from exc
+    if is_web_mercator(scheme):
+        wm = web_mercator()
+        scheme = scheme.model_copy(update={"extent": wm.extent, "name": name or wm.name})
+    return scheme
+
+
+def _num(value: float) -> str:
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def scheme_to_conf_xml(scheme: TilingScheme, fmt: str = "png", quality: int = 75) -> str:
+    """conf.xml text (Compact Cache V2) for ``scheme`` with tile format ``fmt``."""
+    import pyproj
+
+    crs = pyproj.CRS.from_user_input(scheme.crs)
+    wkt = crs.to_wkt("WKT1_ESRI") or crs.to_wkt()
+    wkid = scheme.wkid if scheme.wkid is not None else crs.to_epsg()
+    sr_type = "ProjectedCoordinateSystem" if crs.is_projected else "GeographicCoordinateSystem"
+    ids = ""
+    if wkid is not None:
+        ids += f"\n      <WKID>{wkid}</WKID>"
+    if scheme.latest_wkid is not None:
+        ids += f"\n      <LatestWKID>{scheme.latest_wkid}</LatestWKID>"
+    lods = "".join(
+        f"""
+      <LODInfo xsi:type="typens:LODInfo">
+        <LevelID>{lod.level}</LevelID>
+        <Scale>{_num(lod.scale)}</Scale>
+        <Resolution>{_num(lod.resolution)}</Resolution>
+      </LODInfo>"""
+        for lod in sorted(scheme.lods, key=lambda lod: lod.level)
+    )
+    tf = tile_format(fmt)
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<CacheInfo xsi:type="typens:CacheInfo" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" \
+xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:typens="{ESRI_NS}">
+  <TileCacheInfo xsi:type="typens:TileCacheInfo">
+    <SpatialReference xsi:type="typens:{sr_type}">
+      <WKT>{escape(wkt)}</WKT>{ids}
+    </SpatialReference>
+    <TileOrigin xsi:type="typens:PointN">
+      <X>{_num(scheme.origin_x)}</X>
+      <Y>{_num(scheme.origin_y)}</Y>
+    </TileOrigin>
+    <TileCols>{scheme.tile_width}</TileCols>
+    <TileRows>{scheme.tile_height}</TileRows>
+    <DPI>{scheme.dpi}</DPI>
+    <LODInfos xsi:type="typens:ArrayOfLODInfo">{lods}
+    </LODInfos>
+  </TileCacheInfo>
+  <TileImageInfo xsi:type="typens:TileImageInfo">
+    <CacheTileFormat>{tf.esri}</CacheTileFormat>
+    <CompressionQuality>{int(quality)}</CompressionQuality>
+    <Antialiasing>false</Antialiasing>
+  </TileImageInfo>
+  <CacheStorageInfo xsi:type="typens:CacheStorageInfo">
+    <StorageFormat>esriMapCacheStorageModeCompactV2</StorageFormat>
+    <PacketSize>{PACKET}</PacketSize>
+  </CacheStorageInfo>
+</CacheInfo>
+"""
+
+
+def conf_cdi_xml(bounds: Bounds) -> str:
+    """conf.cdi text: the cache's data extent as an Esri EnvelopeN."""
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<EnvelopeN xsi:type="typens:EnvelopeN" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" \
+xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:typens="{ESRI_NS}">
+  <XMin>{_num(bounds.xmin)}</XMin>
+  <YMin>{_num(bounds.ymin)}</YMin>
+  <XMax>{_num(bounds.xmax)}</XMax>
+  <YMax>{_num(bounds.ymax)}</YMax>
+</EnvelopeN>
+"""
+
+
+def _xml_root(text_or_path: str | Path, what: str) -> tuple[ET.Element, str]:
+    if isinstance(text_or_path, Path) or not text_or_path.lstrip().startswith("<"):
+        src = str(text_or_path)
+        try:
+            text = Path(text_or_path).read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            raise CacheError(f"cannot read {what} {src}: {exc.strerror}") from exc
+    else:
+        src, text = what, text_or_path
+    try:
+        return ET.fromstring(text.lstrip()), src
+    except ET.ParseError as exc:
+        raise CacheError(f"{src}: not valid XML ({exc})") from exc
+
+
+def _text(elem: ET.Element, path: str, src: str, default: str | None = None) -> str:
+    node = elem.find(path)
+    if node is None or node.text is None or not node.text.strip():
+        if default is not None:
+            return default
+        raise CacheError(f"{src}: missing {path.replace('{*}', '')}")
+    return node.text.strip()
+
+
+def _opt_int(elem: ET.Element, path: str) -> int | None:
+    node = elem.find(path)
+    if node is None or not (node.text or "").strip():
+        return None
+    return int(float(node.text.strip()))  # type: ignore[union-attr]
+
+
+def conf_tile_format(text_or_path: str | Path) -> tuple[str, int]:
+    """(tiledelta format name, compression quality) from conf.xml's TileImageInfo."""
+    root, src = _xml_root(text_or_path, "conf.xml")
+    esri = _text(root, "{*}TileImageInfo/{*}CacheTileFormat", src, "PNG").upper()
+    quality = _text(root, "{*}TileImageInfo/{*}CompressionQuality", src, "75")
+    return _ESRI_FORMATS.get(esri, "mixed"), int(float(quality))
+
+
+def scheme_from_conf_xml(text_or_path: str | Path, name: str | None = None) -> TilingScheme:
+    """The tiling scheme of a conf.xml (text, or a path to it).
+
+    The CRS is ``EPSG:<LatestWKID or WKID>`` when pyproj knows it (102100 →
+    EPSG:3857), else the WKT. The name defaults to "web-mercator" for that
+    grid and "custom" otherwise.
+    """
+    root, src = _xml_root(text_or_path, "conf.xml")
+    if root.tag.rsplit("}", 1)[-1] != "CacheInfo":
+        raise CacheError(f"{src}: not an Esri cache configuration (no CacheInfo)")
+    tci = root.find("{*}TileCacheInfo")
+    if tci is None:
+        raise CacheError(f"{src}: missing TileCacheInfo")
+    sr = tci.find("{*}SpatialReference")
+    wkid = latest = None
+    wkt = None
+    if sr is not None:
+        wkid = _opt_int(sr, "{*}WKID")
+        latest = _opt_int(sr, "{*}LatestWKID")
+        wkt_node = sr.find("{*}WKT")
+        wkt = wkt_node.text.strip() if wkt_node is not None and wkt_node.text else None
+    lods = []
+    for info in tci.findall("{*}LODInfos/{*}LODInfo"):
+        try:
+            lods.append(
+                LOD(
+                    level=int(_text(info, "{*}LevelID", src)),
+                    scale=float(_text(info, "{*}Scale", src)),
+                    resolution=float(_text(info, "{*}Resolution", src)),
+                )
+            )
+        except ValueError as exc:
+            raise CacheError(f"{src}: bad LODInfo ({exc})") from exc
+    try:
+        origin = (
+            float(_text(tci, "{*}TileOrigin/{*}X", src)),
+            float(_text(tci, "{*}TileOrigin/{*}Y", src)),
+        )
+        size = (
+            int(_text(tci, "{*}TileCols", src, "256")),
+            int(_text(tci, "{*}TileRows", src, "256")),
+        )
+        dpi = int(float(_text(tci, "{*}DPI", src, "96")))
+    except ValueError as exc:
+        raise CacheError(f"{src}: bad tiling value ({exc})") from exc
+    return scheme_from_parts(
+        name=name, wkid=wkid, latest_wkid=latest, wkt=wkt, origin=origin, size=size,
+        dpi=dpi, lods=lods,
+    )  # fmt: skip
+
+
+def read_conf_cdi(text_or_path: str | Path) -> Bounds:
+    """The extent in a conf.cdi (EnvelopeN)."""
+    root, src = _xml_root(text_or_path, "conf.cdi")
+    try:
+        keys = ("XMin", "YMin", "XMax", "YMax")
+        return Bounds(*(float(_text(root, f"{{*}}{k}", src)) for k in keys))
+    except ValueError as exc:
+        raise CacheError(f"{src}: bad envelope ({exc})") from exc
+
+
+# ---------------------------------------------------------------------- store
+
+
+class CompactCache(TileStore):
+    """An Esri Compact Cache V2 folder (read-write, or read-only via :func:`read_compact_cache`).
+
+    Writers are serialised within the process by a lock; across processes the
+    caller must hold the project lock (two writers of one bundle would lose tiles,
+    though neither could tear it).
+    """
+
+    kind = "compact"
+
+    def __init__(
+        self,
+        path: Path,
+        scheme: TilingScheme,
+        *,
+        fmt: str = "png",
+        quality: int = 75,
+        create: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.scheme = scheme
+        self.fmt = tile_format(fmt).name
+        self.quality = quality
+        self.readonly = readonly
+        self._lock = threading.Lock()  # serialises writers
+        self._cache_lock = threading.Lock()
+        # bundle path -> ((st_dev, st_ino, st_mtime_ns, st_size), index)
+        self._index_cache: dict[Path, tuple[tuple[int, int, int, int], np.ndarray]] = {}
+        if not readonly:
+            self._prepare(create)
+
+    @classmethod
+    def open_existing(cls, path: Path) -> CompactCache:
+        """Open a compact cache read-only; its scheme and format come from conf.xml."""
+        folder = path.parent if path.name.lower() == "conf.xml" else path
+        conf = folder / "conf.xml"
+        if not conf.is_file():
+            raise CacheError(f"{folder} is not a compact cache (no conf.xml)")
+        scheme = scheme_from_conf_xml(conf, name=None)
+        fmt, quality = conf_tile_format(conf)
+        return cls(folder, scheme, fmt=fmt, quality=quality, create=False, readonly=True)
+
+    # -- layout
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.path / "_alllayers"
+
+    def level_dir(self, level: int) -> Path:
+        return self.layers_dir / f"L{level:02d}"
+
+    def bundle_path(self, level: int, row: int, col: int) -> Path:
+        """Path of the bundle file that holds tile (level, row, col)."""
+        return self.level_dir(level) / bundle_name(row, col)
+
+    def _prepare(self, create: bool) -> None:
+        conf = self.path / "conf.xml"
+        if self.path.exists() and not self.path.is_dir():
+            raise mismatch_error(self.path, "a file, not a compact cache folder")
+        if conf.is_file():
+            existing = scheme_from_conf_xml(conf)
+            if not existing.same_grid(self.scheme):
+                raise mismatch_error(
+                    self.path, f"a compact cache with a different tiling scheme ({existing.name})"
+                )
+            if conf_tile_format(conf)[0] != self.fmt or existing.levels != self.scheme.levels:
+                atomic_write(conf, self._conf_xml().encode("utf-8"))
+            self._clean_stale_temps()
+            return
+        if (self.path / "tiledelta.json").exists():
+            raise mismatch_error(self.path, "an XYZ tile cache")
+        if self.layers_dir.exists():
+            raise CacheError(
+                f"{self.path} has _alllayers but no conf.xml; "
+                "choose another --cache path or delete it"
+            )
+        if not create:
+            raise CacheError(f"{self.path} is not a compact cache (no conf.xml)")
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        if self.scheme.extent is not None:
+            atomic_write(self.path / "conf.cdi", conf_cdi_xml(self.scheme.extent).encode())
+        atomic_write(conf, self._conf_xml().encode("utf-8"))
+
+    def _conf_xml(self) -> str:
+        return scheme_to_conf_xml(self.scheme, self.fmt, self.quality)
+
+    def _clean_stale_temps(self) -> None:
+        """Remove temp files a crashed writer left behind (we hold the write side)."""
+        for tmp in (*self.path.glob(f"*{TMP_SUFFIX}"), *self.layers_dir.glob(f"L*/*{TMP_SUFFIX}")):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def set_extent(self, bounds: Bounds | None) -> None:
+        """Rewrite conf.cdi (the cache's data extent) atomically; None leaves it as is."""
+        self._check_writable()
+        if bounds is None:
+            return
+        atomic_write(self.path / "conf.cdi", conf_cdi_xml(bounds).encode())
+
+    def read_extent(self) -> Bounds | None:
+        """The extent in conf.cdi, or None when there is no conf.cdi."""
+        cdi = self.path / "conf.cdi"
+        return read_conf_cdi(cdi) if cdi.is_file() else None
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise CacheError(f"{self.path} was opened read-only")
+
+    # -- reading
+
+    def _index(self, fh: BinaryIO, bundle: Path) -> np.ndarray:
+        """The index of an open bundle, cached while the file is unchanged."""
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._index_cache.get(bundle)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        fh.seek(0)
+        index = parse_bundle_index(fh.read(DATA_START), str(bundle))
+        with self._cache_lock:
+            if len(self._index_cache) >= 256:
+                self._index_cache.pop(next(iter(self._index_cache)), None)
+            self._index_cache[bundle] = (key, index)
+        return index
+
+    def _open_bundle(self, bundle: Path) -> BinaryIO | None:
+        try:
+            return open(bundle, "rb")  # noqa: SIM115 - returned to the caller
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot read bundle {bundle}: {exc.strerror}") from exc
+
+    def get(self, level: int, row: int, col: int) -> bytes | None:
+        if row < 0 or col < 0:
+            return None
+        bundle = self.bundle_path(level, row, col)
+        fh = self._open_bundle(bundle)
+        if fh is None:
+            return None
+        with fh:
+            index = self._index(fh, bundle)
+            return read_record(fh, index, PACKET * (row % PACKET) + col % PACKET, str(bundle))
+
+    def get_many(self, addrs: Iterable[Addr]) -> dict[Addr, bytes]:
+        groups: dict[Path, list[Addr]] = {}
+        for level, row, col in addrs:
+            if row >= 0 and col >= 0:
+                groups.setdefault(self.bundle_path(level, row, col), []).append((level, row, col))
+        out: dict[Addr, bytes] = {}
+        for bundle, members in groups.items():
+            fh = self._open_bundle(bundle)
+            if fh is None:
+                continue
+            with fh:
+                index = self._index(fh, bundle)
+                for addr in members:
+                    pos = PACKET * (addr[1] % PACKET) + addr[2] % PACKET
+                    data = read_record(fh, index, pos, str(bundle))
+                    if data is not None:
+                        out[addr] = data
+        return out
+
+    def _bundles(self, level: int | None) -> Iterator[tuple[int, int, int, Path]]:
+        """(level, row0, col0, path) of every bundle file, sorted."""
+        if not self.layers_dir.is_dir():
+            return
+        levels: list[tuple[int, Path]] = []
+        for d in self.layers_dir.iterdir():
+            m = _LEVEL_RE.match(d.name)
+            if m and d.is_dir() and (level is None or int(m.group(1)) == level):
+                levels.append((int(m.group(1)), d))
+        for lvl, d in sorted(levels):
+            found = []
+            for f in d.iterdir():
+                m = _BUNDLE_RE.match(f.name)
+                if m:
+                    found.append((int(m.group(1), 16), int(m.group(2), 16), f))
+            for row0, col0, f in sorted(found):
+                yield lvl, row0, col0, f
+
+    def _bundle_positions(self, bundle: Path) -> np.ndarray:
+        fh = self._open_bundle(bundle)
+        if fh is None:  # removed meanwhile
+            return np.empty(0, dtype=np.intp)
+        with fh:
+            index = self._index(fh, bundle)
+        return np.flatnonzero(index >> np.uint64(40))
+
+    def iter_tiles(self, level: int | None = None) -> Iterator[Addr]:
+        for lvl, row0, col0, bundle in self._bundles(level):
+            for pos in self._bundle_positions(bundle).tolist():
+                yield lvl, row0 + pos // PACKET, col0 + pos % PACKET
+
+    def count(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for lvl, _r, _c, bundle in self._bundles(None):
+            n = len(self._bundle_positions(bundle))
+            if n:
+                counts[lvl] = counts.get(lvl, 0) + n
+        return counts
+
+    # -- writing
+
+    def put_many(self, tiles: Iterable[tuple[int, int, int, bytes | None]]) -> int:
+        self._check_writable()
+        groups: dict[Path, dict[int, bytes | None]] = {}
+        for level, row, col, data in tiles:
+            self.scheme.lod(level)  # SchemeError for a level outside the scheme
+            if row < 0 or col < 0:
+                raise CacheError(f"tile {level}/{row}/{col} has a negative row or column")
+            if data is not None and not 0 < len(data) <= MAX_TILE_SIZE:
+                raise CacheError(f"tile {level}/{row}/{col}: {len(data)} bytes cannot be stored")
+            pos = PACKET * (row % PACKET) + col % PACKET
+            groups.setdefault(self.bundle_path(level, row, col), {})[pos] = data
+        changed = 0
+        with self._lock:
+            for bundle, updates in groups.items():
+                changed += self._rewrite_bundle(bundle, updates)
+        return changed
+
+    def _rewrite_bundle(self, bundle: Path, updates: dict[int, bytes | None]) -> int:
+        fh = self._open_bundle(bundle)
+        current: dict[int, bytes] = {}
+        if fh is not None:
+            with fh:
+                current = read_bundle_tiles(fh, str(bundle))
+        changed = 0
+        for pos, data in updates.items():
+            if data is None:
+                changed += current.pop(pos, None) is not None
+            else:
+                current[pos] = data
+                changed += 1
+        if fh is None and not current:
+            return changed
+        self._index_cache.pop(bundle, None)
+        if not current:
+            bundle.unlink()
+            fsync_dir(bundle.parent)
+            return changed
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(bundle, build_bundle(current))
+        return changed
