@@ -11,8 +11,10 @@ from tiledelta.project import PROJECT_FILE, CacheConfig, Project, ProjectConfig
 
 def load_project(directory: Path | str) -> Project:
     """Load and validate a project (style, scheme and levels included)."""
+    from tiledelta.style import validate
+
     project = Project.load(Path(directory))
-    project.style  # noqa: B018 - parse now, so errors surface before any work
+    validate(project.style)  # errors surface before any work
     project.levels  # noqa: B018
     return project
 

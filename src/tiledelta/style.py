@@ -174,6 +174,21 @@ def load_style(path: Path) -> Style:
     )
 
 
+def validate(style: Style) -> None:
+    """Load the style into Mapnik strictly; :class:`StyleError` with Mapnik's reason if it fails.
+
+    Catches unknown symbolizer properties, bad colours and missing fonts before any work.
+    """
+    import mapnik
+
+    m = mapnik.Map(256, 256)
+    try:
+        mapnik.load_map_from_string(m, style.xml_without_datasources, True, str(style.path.parent))
+    except Exception as exc:  # Mapnik raises RuntimeError / ValueError with its reason
+        reason = " ".join(str(exc).split())
+        raise StyleError(f"{style.path}: Mapnik cannot load the style: {reason}") from exc
+
+
 # --- default style ---------------------------------------------------------------------------
 
 _PALETTE = ["#e5c494", "#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6", "#fb9a99", "#ffff99"]

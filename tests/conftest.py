@@ -1,0 +1,48 @@
+"""Shared fixtures: a generated sample county project (real GeoPackage, real style)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tiledelta import sample
+from tiledelta.api import init_project
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent (the shared data sits beside the checkout on dev machines)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def sample_template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample-template")
+    sample.generate(root)
+    return root
+
+
+@pytest.fixture
+def sample_project(sample_template, tmp_path) -> Path:
+    """A fresh copy of the sample county with a project at levels 13-17, one process."""
+    root = tmp_path / "county"
+    shutil.copytree(sample_template, root)
+    init_project(root, style=root / "style.xml", levels="13-17", force=True)
+    toml = root / "tiledelta.toml"
+    toml.write_text(toml.read_text() + "\n", encoding="utf-8")
+    set_processes(root, 1)
+    return root
+
+
+def set_processes(root: Path, n: int) -> None:
+    from tiledelta.project import Project
+
+    p = Project.load(root)
+    p.config.render.processes = n
+    p.save()
