@@ -129,13 +129,14 @@ class Renderer:
                 self._context.push(a)
         self.background = self._background_pixel()
 
-    def _background_pixel(self) -> np.ndarray:
+    def _background_pixel(self) -> int:
+        """The packed RGBA value Mapnik paints where no feature is drawn."""
         for lyr in self.map.layers:
             lyr.datasource = mapnik.MemoryDatasource()
         self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
         im = mapnik.Image(*self.size)
         mapnik.render(self.map, im)
-        return np.frombuffer(im.to_string(), dtype=np.uint8)[:4].copy()
+        return im.get_pixel(0, 0)
 
     def _feature(self, name: str, i: int):
         f = self._features[name][i]
@@ -172,34 +173,41 @@ class Renderer:
     ) -> list[TileResult]:
         """Render a meta-tile and return its tiles, encoded; ``None`` data = blank tile.
 
+        A tile is blank when every pixel equals the style's background.
         ``wanted`` limits the output to those (row, col); by default every tile of
         the meta-tile is returned.
         """
         im = self.render_metatile(level, mrow, mcol)
-        w, h = self.size
-        pixels = np.frombuffer(im.to_string(), dtype=np.uint8).reshape(h, w, 4)
         meta = self.settings.metatile
         tw, th = self.scheme.tile_width, self.scheme.tile_height
+        alpha = None
+        if self.settings.fmt == "mixed":
+            w, h = self.size
+            alpha = np.frombuffer(im.to_string(), dtype=np.uint8).reshape(h, w, 4)[..., 3]
         out: list[TileResult] = []
         for j in range(meta):
             for i in range(meta):
                 row, col = mrow * meta + j, mcol * meta + i
                 if wanted is not None and (row, col) not in wanted:
                     continue
-                tile = pixels[j * th : (j + 1) * th, i * tw : (i + 1) * tw]
-                if (tile == self.background).all():
+                x, y = i * tw, j * th
+                view = im.view(x, y, tw, th)
+                if view.is_solid() and im.get_pixel(x, y) == self.background:
                     out.append((level, row, col, None))
                     continue
-                view = im.view(i * tw, j * th, tw, th)
-                out.append((level, row, col, encode(view, tile, self.settings)))
+                opaque = alpha is not None and alpha[y : y + th, x : x + tw].min() == 255
+                out.append((level, row, col, encode(view, self.settings, opaque)))
         return out
 
 
-def encode(view, tile: np.ndarray, settings: RenderSettings) -> bytes:
-    """Encode a tile (a Mapnik image view and its RGBA pixels) in the configured format."""
+def encode(view, settings: RenderSettings, opaque: bool = False) -> bytes:
+    """Encode a tile (a Mapnik image view) in the configured format.
+
+    MIXED gives JPEG for ``opaque`` tiles and PNG for the others.
+    """
     fmt = settings.fmt
     if fmt == "mixed":
-        fmt = "jpeg" if tile[..., 3].min() == 255 else "png"
+        fmt = "jpeg" if opaque else "png"
     if fmt == "png":
         return view.to_string("png32")
     if fmt == "png8":

@@ -1,0 +1,63 @@
+"""Helpers shared by the benchmarks: the Clatsop buildings project, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "clatsop_buildings"
+
+STYLE = """<Map srs="epsg:3857" background-color="#f2efe9">
+  <Style name="buildings">
+    <Rule>
+      <PolygonSymbolizer fill="#d9d0c9"/>
+      <LineSymbolizer stroke="#b9a99a" stroke-width="0.5"/>
+    </Rule>
+  </Style>
+  <Layer name="buildings" srs="epsg:3857">
+    <StyleName>buildings</StyleName>
+    <Datasource>
+      <Parameter name="type">{kind}</Parameter>
+      <Parameter name="file">{path}</Parameter>
+    </Datasource>
+  </Layer>
+</Map>
+"""
+
+
+def clatsop_shapefile() -> Path:
+    shp = SHARED / "clatsop_buildings.shp"
+    if not shp.exists():
+        sys.exit(f"benchmark needs {shp} (the shared Clatsop data); it is absent")
+    return shp
+
+
+def make_project(root: Path, levels: str, *, gpkg: bool = False, key: str | None = None) -> Path:
+    """A project over the Clatsop buildings (shapefile, or a GeoPackage copy)."""
+    from tiledelta.api import init_project
+
+    root.mkdir(parents=True, exist_ok=True)
+    src = clatsop_shapefile()
+    kind, path = "shape", str(src)
+    if gpkg:
+        import pyogrio.raw
+
+        meta, _f, geoms, values = pyogrio.raw.read(str(src), return_fids=True)
+        path = str(root / "buildings.gpkg")
+        pyogrio.raw.write(path, geoms, values, list(meta["fields"]), layer="buildings",
+                          driver="GPKG", geometry_type="Polygon", crs="EPSG:3857")
+        kind = "ogr"
+    (root / "style.xml").write_text(STYLE.format(kind=kind, path=path), encoding="utf-8")
+    init_project(root, style=root / "style.xml", levels=levels, force=True)
+    if key:
+        toml = root / "tiledelta.toml"
+        toml.write_text(toml.read_text() + f'\n[layers.buildings]\nkey = "{key}"\n')
+    return root
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """Peak resident memory (MB) of this process and of its largest finished child."""
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return me, kids
