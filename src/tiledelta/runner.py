@@ -6,6 +6,7 @@ writes each bundle (128×128 tiles) once, after all its meta-tiles are drawn.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from tiledelta.plan import TilePlan, metatile_tiles
 from tiledelta.render import Renderer, RenderSettings, TileResult
 from tiledelta.sources import LayerData
 from tiledelta.style import Style
+
+log = logging.getLogger(__name__)
 
 BUNDLE = 128
 CHUNK = 8  # meta-tiles per task
@@ -134,6 +137,12 @@ def run_plan(
                 progress(len(results))
 
     nproc = min(worker_count(processes), len(tasks))
+    log.info(
+        "rendering %d meta-tiles in %d tasks with %d process(es)",
+        plan.metatile_count,
+        len(tasks),
+        nproc,
+    )
     if nproc <= 1:
         _init(style, scheme, layers, settings)
         consume(_work(t) for _k, t in tasks)

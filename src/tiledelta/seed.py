@@ -19,10 +19,14 @@ log = logging.getLogger(__name__)
 
 def read_layers(project: Project) -> dict[str, LayerData]:
     """Every style layer's features, in scheme CRS and stable order."""
-    return {
-        src.name: read_layer(src, project.scheme.crs, project.key_field(src.name))
-        for src in project.style.layers
-    }
+    out = {}
+    for src in project.style.layers:
+        t = time.perf_counter()
+        out[src.name] = read_layer(src, project.scheme.crs, project.key_field(src.name))
+        log.info(
+            "read %s: %d features in %.2f s", src.name, len(out[src.name]), time.perf_counter() - t
+        )
+    return out
 
 
 def full_plan(project: Project, layers: dict[str, LayerData], levels: list[int]) -> TilePlan:
@@ -78,6 +82,7 @@ def seed(
     layers = layers if layers is not None else read_layers(project)
     plan = full_plan(project, layers, levels)
     t_read = time.perf_counter()
+    log.info("plan: %d meta-tiles over levels %s", plan.metatile_count, sorted(plan.levels))
     total = sum(plan.tile_count(scheme).values())
     building = final.with_name(final.name + ".building")
     if building.exists():

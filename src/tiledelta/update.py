@@ -10,6 +10,7 @@ run re-plans the same tiles (plus whatever changed since) and finishes the job.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ from tiledelta.snapshot import (
     record_build,
 )
 from tiledelta.sources import LayerData
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,6 +148,9 @@ def detect_changes(project: Project, layers: dict[str, LayerData] | None = None)
     sig = build_signature(project, levels)
     old = snap.signature
     ch = Changes(journal=_read_journal(project))
+    if not project.cache_path.exists():
+        ch.rebuild = f"the cache {project.cache_path} is missing"
+        return ch
     for key, what in (
         ("style", "the style file changed"),
         ("scheme", "the tiling scheme changed"),
@@ -193,12 +199,19 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
         changes = detect_changes(project, layers)
         t_detect = time.perf_counter()
         if changes.rebuild:
-            result = seed(project, progress=progress, layers=layers)
+            result = seed(project, progress=progress, layers=layers, locked=True)
             result["rebuild"] = changes.rebuild
             result["changes"] = changes.as_dict()
             return result
         plan = plan_update(project, changes, layers)
         t_plan = time.perf_counter()
+        for name, c in changes.layers.items():
+            log.info("%s: %s", name, c.as_dict())
+        log.info(
+            "plan: %d meta-tiles (%s)",
+            plan.metatile_count,
+            {lv: len(m) for lv, m in plan.levels.items()},
+        )
         _write_journal(project, changes.boxes())
         stats = RunStats()
         scheme = project.scheme
