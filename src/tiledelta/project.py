@@ -45,6 +45,29 @@ class LayerConfig(BaseModel):
     key: str | None = None
 
 
+class ArcGISConfig(BaseModel):
+    """``[arcgis]``: the cached map service tiledelta updates on ArcGIS Server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str = Field(description="e.g. https://gis.example.org/server")
+    service: str = Field(description="Folder/Name of the MapServer")
+    portal: str | None = None  # e.g. https://gis.example.org/portal (federated servers)
+    verify: bool | str = True  # TLS verification, or the path of a private CA bundle
+    token_minutes: int = Field(60, ge=5, le=1440)
+    thread_count: int = Field(2, ge=-1, description="caching instances; -1 = all")
+    when_busy: Literal["wait", "stop"] = "wait"
+    busy_timeout_minutes: float = Field(30, ge=0)
+    quiet_hours: str | None = None  # e.g. "22:00-06:00": server jobs run only then
+    job_timeout_minutes: float = Field(120, gt=0)
+    poll_seconds: float = Field(2.0, gt=0)
+    cache_task: str = "System/CachingControllers/GPServer/Manage Map Cache Tiles"
+    sd: str | None = None  # a staged .sd to upload when arcpy is not available
+    aprx: str | None = None  # ArcGIS Pro project, for publishing with arcpy
+    map: str | None = None  # map name inside the .aprx
+    item_id: str | None = None  # portal item for the thumbnail / tile package
+
+
 class ProjectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +77,7 @@ class ProjectConfig(BaseModel):
     cache: CacheConfig = CacheConfig()
     render: RenderConfig = RenderConfig()
     layers: dict[str, LayerConfig] = {}
+    arcgis: ArcGISConfig | None = None
 
 
 class Project:

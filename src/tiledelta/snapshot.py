@@ -34,13 +34,15 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def state_db(project: Project) -> Path:
-    return project.state_dir / "state.sqlite"
+def state_db(project: Project, target: str = "local") -> Path:
+    """The state database of one target: the local cache, or e.g. "arcgis"."""
+    name = "state.sqlite" if target == "local" else f"state-{target}.sqlite"
+    return project.state_dir / name
 
 
-def connect(project: Project) -> sqlite3.Connection:
+def connect(project: Project, target: str = "local") -> sqlite3.Connection:
     project.state_dir.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(state_db(project), timeout=30)
+    con = sqlite3.connect(state_db(project, target), timeout=30)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
     con.executescript(SCHEMA)
@@ -86,10 +88,11 @@ def record_build(
     kind: str,
     summary: dict | None = None,
     clear_journal: bool = False,
+    target: str = "local",
 ) -> None:
     """Advance the snapshot to ``layers`` in one transaction."""
     sig = build_signature(project, levels)
-    with closing(connect(project)) as con, con:
+    with closing(connect(project, target)) as con, con:
         con.execute("DELETE FROM layers")
         con.executemany(
             "INSERT INTO layers VALUES (?, ?, ?, ?, ?)",
@@ -126,11 +129,11 @@ class Snapshot:
     layers: dict[str, LayerSnapshot] = field(default_factory=dict)
 
 
-def load_snapshot(project: Project) -> Snapshot | None:
+def load_snapshot(project: Project, target: str = "local") -> Snapshot | None:
     """The last build's snapshot, or None before the first build."""
-    if not state_db(project).exists():
+    if not state_db(project, target).exists():
         return None
-    with closing(connect(project)) as con:
+    with closing(connect(project, target)) as con:
         row = con.execute("SELECT value FROM meta WHERE key='signature'").fetchone()
         if row is None:
             return None

@@ -116,8 +116,8 @@ def _lock_file(fh) -> None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _read_journal(project: Project) -> dict[str, np.ndarray]:
-    with closing(connect(project)) as con:
+def _read_journal(project: Project, target: str = "local") -> dict[str, np.ndarray]:
+    with closing(connect(project, target)) as con:
         row = con.execute("SELECT value FROM meta WHERE key='journal'").fetchone()
     if not row:
         return {}
@@ -125,30 +125,32 @@ def _read_journal(project: Project) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in data.items()}
 
 
-def _write_journal(project: Project, boxes: dict[str, np.ndarray]) -> None:
+def _write_journal(
+    project: Project, boxes: dict[str, np.ndarray], target: str = "local"
+) -> None:
     data = {k: np.asarray(v).reshape(-1, 4).tolist() for k, v in boxes.items() if len(v)}
-    with closing(connect(project)) as con, con:
+    with closing(connect(project, target)) as con, con:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('journal', ?)", (json.dumps(data),))
-
-
-def _clear_journal(project: Project) -> None:
-    with closing(connect(project)) as con, con:
-        con.execute("DELETE FROM meta WHERE key='journal'")
 
 
 # --- detection & planning ------------------------------------------------------------------
 
 
-def detect_changes(project: Project, layers: dict[str, LayerData] | None = None) -> Changes:
-    """Compare the current data (and configuration) with the last build's snapshot."""
-    snap = load_snapshot(project)
+def detect_changes(
+    project: Project, layers: dict[str, LayerData] | None = None, *, target: str = "local"
+) -> Changes:
+    """Compare the current data (and configuration) with the last build's snapshot.
+
+    ``target`` names whose snapshot: the local cache, or a server ("arcgis").
+    """
+    snap = load_snapshot(project, target)
     if snap is None:
         return Changes(rebuild="no build yet")
     levels = project.levels
     sig = build_signature(project, levels)
     old = snap.signature
-    ch = Changes(journal=_read_journal(project))
-    if not project.cache_path.exists():
+    ch = Changes(journal=_read_journal(project, target))
+    if target == "local" and not project.cache_path.exists():
         ch.rebuild = f"the cache {project.cache_path} is missing"
         return ch
     for key, what in (

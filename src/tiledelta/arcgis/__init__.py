@@ -1,0 +1,1 @@
+"""ArcGIS Enterprise: REST client, server-side cache updates, and an emulator for tests."""

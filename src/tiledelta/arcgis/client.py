@@ -1,0 +1,300 @@
+"""A small ArcGIS Server / Portal REST client: tokens, service info, GP jobs, uploads.
+
+Secrets never leave this module in readable form: the password is held in a
+:class:`Secret`, tokens travel in the ``X-Esri-Authorization`` header (never in
+URLs, so they cannot end up in logs), and every error message is scrubbed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from tiledelta.errors import TileDeltaError
+
+log = logging.getLogger(__name__)
+
+JOB_DONE = {"esriJobSucceeded", "esriJobFailed", "esriJobTimedOut", "esriJobCancelled"}
+CACHE_TASK = "System/CachingControllers/GPServer/Manage Map Cache Tiles"
+CACHE_TASK_OLD = "System/CachingTools/GPServer/Manage Map Cache Tiles"
+PUBLISH_TASK = "System/PublishingTools/GPServer/Publish Service Definition"
+
+
+class ArcGISError(TileDeltaError):
+    """The server refused, failed, or could not be reached."""
+
+
+class Secret:
+    """A string that prints as ``***``."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def load_credentials(project_root: Path) -> tuple[str, Secret]:
+    """ARCGIS_USERNAME / ARCGIS_PASSWORD from the environment or ``project_root/.env``."""
+    env_file = project_root / ".env"
+    values: dict[str, str] = {}
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    user = os.environ.get("ARCGIS_USERNAME") or values.get("ARCGIS_USERNAME")
+    password = os.environ.get("ARCGIS_PASSWORD") or values.get("ARCGIS_PASSWORD")
+    if not user or not password:
+        raise ArcGISError(
+            "ArcGIS credentials missing: set ARCGIS_USERNAME and ARCGIS_PASSWORD in the "
+            f"environment or in {env_file} (see sample.env)"
+        )
+    return user, Secret(password)
+
+
+@dataclass
+class Token:
+    value: Secret
+    expires: float  # epoch seconds
+
+    def fresh(self, margin: float = 120.0) -> bool:
+        return time.time() + margin < self.expires
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+class ArcGISClient:
+    """Talks to one ArcGIS Server site (optionally federated with a Portal)."""
+
+    def __init__(
+        self,
+        server: str,
+        username: str,
+        password: Secret,
+        *,
+        portal: str | None = None,
+        verify: bool | str = True,
+        token_minutes: int = 60,
+        timeout: float = 60.0,
+        retries: int = 3,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.portal = portal.rstrip("/") if portal else None
+        for url in filter(None, (self.server, self.portal)):
+            scheme = urlsplit(url).scheme
+            if scheme not in ("http", "https"):
+                raise ArcGISError(f"{url}: not an http(s) URL")
+            if scheme == "http":
+                if not _is_local(url):
+                    raise ArcGISError(
+                        f"{url}: plain http is only allowed for a server on localhost; use https"
+                    )
+                (warn or log.warning)(
+                    f"{url}: plain http (no TLS) - fine for a local emulator only"
+                )
+        self.username = username
+        self._password = password
+        self.token_minutes = token_minutes
+        self.retries = retries
+        self._token: Token | None = None
+        self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ArcGISClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- low level -------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        for secret in (self._password.get(), self._token.value.get() if self._token else ""):
+            if secret:
+                text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+        return text
+
+    def _send(self, method: str, url: str, *, data=None, files=None, auth: bool = True) -> dict:
+        """One JSON request with retries on 5xx / network errors; ArcGIS errors raised."""
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            headers = {}
+            if auth:
+                headers["X-Esri-Authorization"] = f"Bearer {self.token().get()}"
+            try:
+                resp = self._http.request(method, url, data=data, files=files, headers=headers)
+            except httpx.HTTPError as exc:
+                last = f"cannot reach {urlsplit(url).netloc}: {type(exc).__name__}"
+                self._backoff(attempt)
+                continue
+            if resp.status_code >= 500:
+                last = f"{urlsplit(url).path}: HTTP {resp.status_code}"
+                self._backoff(attempt)
+                continue
+            if resp.status_code >= 400:
+                raise ArcGISError(self._scrub(f"{urlsplit(url).path}: HTTP {resp.status_code}"))
+            try:
+                body = resp.json()
+            except json.JSONDecodeError:
+                raise ArcGISError(
+                    f"{urlsplit(url).path}: the server did not answer JSON; is this an ArcGIS URL?"
+                ) from None
+            err = body.get("error") if isinstance(body, dict) else None
+            if err:
+                code = err.get("code")
+                if code in (498, 499) and auth and attempt < self.retries:
+                    self._token = None  # expired or rejected: get a new one and retry
+                    continue
+                msg = err.get("message", "error")
+                details = "; ".join(str(d) for d in err.get("details") or [] if d)
+                raise ArcGISError(
+                    self._scrub(
+                        f"{urlsplit(url).path}: {msg}"
+                        + (f" ({details})" if details else "")
+                        + (f" [code {code}]" if code else "")
+                    )
+                )
+            return body
+        raise ArcGISError(self._scrub(f"{last} (after {self.retries + 1} tries)"))
+
+    @staticmethod
+    def _backoff(attempt: int) -> None:
+        time.sleep(min(0.2 * 2**attempt, 5.0))
+
+    def get(self, path: str, **params) -> dict:
+        params.setdefault("f", "json")
+        url = f"{self.server}/{path.lstrip('/')}"
+        q = "&".join(f"{quote(str(k))}={quote(str(v), safe='')}" for k, v in params.items())
+        return self._send("GET", f"{url}?{q}")
+
+    def post(self, path: str, files=None, **data) -> dict:
+        data.setdefault("f", "json")
+        return self._send("POST", f"{self.server}/{path.lstrip('/')}", data=data, files=files)
+
+    # -- tokens ----------------------------------------------------------------------------
+    def token(self) -> Secret:
+        """A valid token, fetched or refreshed before it expires."""
+        if self._token is None or not self._token.fresh():
+            self._token = self._generate_token()
+        return self._token.value
+
+    def _generate_token(self) -> Token:
+        form = {
+            "username": self.username,
+            "password": self._password.get(),
+            "client": "referer",
+            "referer": self.server,
+            "expiration": str(self.token_minutes),
+            "f": "json",
+        }
+        if self.portal:
+            body = self._send(
+                "POST", f"{self.portal}/sharing/rest/generateToken", data=form, auth=False
+            )
+            portal_token = body.get("token")
+            if not portal_token:
+                raise ArcGISError("the portal returned no token")
+            body = self._send(
+                "POST",
+                f"{self.portal}/sharing/rest/generateToken",
+                data={"token": portal_token, "serverUrl": self.server, "f": "json"},
+                auth=False,
+            )
+        else:
+            body = self._send("POST", f"{self.server}/tokens/generateToken", data=form, auth=False)
+        value = body.get("token")
+        if not value:
+            raise ArcGISError("the server returned no token; check the username and password")
+        expires = float(body.get("expires", 0)) / 1000 or time.time() + 60 * self.token_minutes
+        return Token(Secret(value), expires)
+
+    # -- services and jobs -----------------------------------------------------------------
+    def service_info(self, service: str) -> dict:
+        """MapServer JSON of ``Folder/Name``."""
+        return self.get(f"rest/services/{service.strip('/')}/MapServer")
+
+    def caching_busy(self) -> int:
+        """How many caching jobs the site is running (0 when it cannot tell)."""
+        try:
+            body = self.get("admin/services/System/CachingTools.GPServer/statistics")
+        except ArcGISError as exc:
+            log.info("busy check unavailable: %s", exc)
+            return 0
+        return int((body.get("summary") or {}).get("busy", 0) or 0)
+
+    def submit(self, task: str, **params) -> str:
+        body = self.post(f"rest/services/{task}/submitJob", **params)
+        job = body.get("jobId")
+        if not job:
+            raise ArcGISError(f"{task}: the server returned no job id")
+        return job
+
+    def job(self, task: str, job_id: str) -> dict:
+        return self.get(f"rest/services/{task}/jobs/{job_id}")
+
+    def cancel(self, task: str, job_id: str) -> None:
+        try:
+            self.post(f"rest/services/{task}/jobs/{job_id}/cancel")
+        except ArcGISError as exc:
+            log.warning("could not cancel job %s: %s", job_id, exc)
+
+    def wait_job(
+        self,
+        task: str,
+        job_id: str,
+        *,
+        poll: float = 2.0,
+        timeout: float = 3600.0,
+        on_message: Callable[[str], None] | None = None,
+    ) -> dict:
+        """Poll a job until it ends; Ctrl-C cancels it on the server. Returns the last status."""
+        seen = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                status = self.job(task, job_id)
+                messages = status.get("messages") or []
+                for m in messages[seen:]:
+                    if on_message:
+                        on_message(str(m.get("description", "")))
+                seen = len(messages)
+                if status.get("jobStatus") in JOB_DONE:
+                    return status
+                if time.monotonic() > deadline:
+                    self.cancel(task, job_id)
+                    status["jobStatus"] = "esriJobTimedOut"
+                    return status
+                time.sleep(poll)
+        except KeyboardInterrupt:
+            self.cancel(task, job_id)
+            raise
+
+    def upload(self, path: Path) -> str:
+        """Upload a file (e.g. a staged .sd) to the server; return its item id."""
+        with open(path, "rb") as fh:
+            body = self.post("admin/uploads/upload", files={"itemFile": (path.name, fh)})
+        item = (body.get("item") or {}).get("itemID")
+        if not item:
+            raise ArcGISError(f"upload of {path.name} returned no item id")
+        return item
