@@ -267,12 +267,35 @@ def plan(project_dir: Path, as_json: bool, aoi: Path | None) -> None:
 @main.command()
 @project_option
 @json_option
-def update(project_dir: Path, as_json: bool) -> None:
+@click.option(
+    "--target",
+    type=click.Choice(["local", "arcgis"]),
+    default="local",
+    show_default=True,
+    help="local: re-render into the project's cache; arcgis: have ArcGIS Server "
+    "rebuild the changed area of its cache ([arcgis] in tiledelta.toml).",
+)
+@click.option(
+    "--mark-current",
+    is_flag=True,
+    help="With --target arcgis: record the server's cache as current, send no job.",
+)
+def update(project_dir: Path, as_json: bool, target: str, mark_current: bool) -> None:
     """Re-render the tiles that changed data touches, then advance the snapshot."""
     from tiledelta.api import load_project
     from tiledelta.update import update as do_update
 
     project = load_project(project_dir)
+    if target == "arcgis":
+        from tiledelta.arcgis.cache import update_server
+
+        say = (lambda _m: None) if as_json else click.echo
+        result = update_server(project, say=say, mark_current=mark_current)
+        if as_json:
+            _echo_json(result)
+        else:
+            click.echo(f"{len(result['jobs'])} server job(s) succeeded")
+        return
     with progress_bar("updating", not as_json) as cb:
         result = do_update(project, progress=cb)
     if as_json:
@@ -287,6 +310,59 @@ def update(project_dir: Path, as_json: bool) -> None:
         f"{result['tiles_unchanged']:,} unchanged, {result['tiles_removed']:,} removed "
         f"in {result['seconds']:.2f} s"
     )
+
+
+@main.command()
+@project_option
+@json_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The .tpkx file to write.",
+)
+@click.option("--levels", default=None, help="Levels to include (default: the project's).")
+@click.option(
+    "--changed-only",
+    is_flag=True,
+    help="Only the tiles the last update re-rendered (to patch a server cache).",
+)
+def package(
+    project_dir: Path, as_json: bool, out: Path, levels: str | None, changed_only: bool
+) -> None:
+    """Write a Compact Tile Package (.tpkx) from the local cache."""
+    from tiledelta.api import load_project
+    from tiledelta.package import write_tpkx
+    from tiledelta.schemes import select_levels
+
+    project = load_project(project_dir)
+    lv = select_levels(project.scheme, levels) if levels else None
+    result = write_tpkx(project, out, levels=lv, changed_only=changed_only)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(
+            f"wrote {result['package']}: {result['tiles']:,} tiles in "
+            f"{result['bundles']} bundles, levels {result['levels']}"
+        )
+
+
+@main.command()
+@project_option
+@click.option("--size", default="600x400", show_default=True, help="WIDTHxHEIGHT in pixels.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("thumbnail.png"),
+    show_default=True,
+)
+def thumbnail(project_dir: Path, size: str, out: Path) -> None:
+    """Render an item thumbnail of the map's full extent (PNG)."""
+    from tiledelta.api import load_project
+    from tiledelta.thumbnail import parse_size, write_thumbnail
+
+    path = write_thumbnail(load_project(project_dir), out, parse_size(size))
+    click.echo(f"wrote {path}")
 
 
 @main.command()

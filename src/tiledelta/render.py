@@ -94,12 +94,13 @@ class Renderer:
         scheme: TilingScheme,
         layers: dict[str, LayerData],
         settings: RenderSettings,
+        size: tuple[int, int] | None = None,
     ) -> None:
         self.scheme = scheme
         self.settings = settings
         self.layers = layers
         meta = settings.metatile
-        self.size = (meta * scheme.tile_width, meta * scheme.tile_height)
+        self.size = size or (meta * scheme.tile_width, meta * scheme.tile_height)
         self.map = mapnik.Map(*self.size)
         try:
             mapnik.load_map_from_string(
@@ -154,11 +155,16 @@ class Renderer:
     def render_metatile(self, level: int, mrow: int, mcol: int) -> mapnik.Image:
         """Draw one meta-tile and return Mapnik's image."""
         b = metatile_bounds(self.scheme, level, mrow, mcol, self.settings.metatile)
+        return self.render_bounds(b, self.scheme.resolution(level))
+
+    def render_bounds(self, b: Bounds, resolution: float) -> mapnik.Image:
+        """Draw ``b`` (which must fit the image size at ``resolution``) and return the image."""
+        slack = query_pad(self.scheme, self.scheme.levels[0], 0)
         for name, lyr in self._mlayers.items():
             ds = mapnik.MemoryDatasource()
             tree = self._trees.get(name)
             if tree is not None:
-                pad = query_pad(self.scheme, level, self._buffers.get(name, self.settings.buffer))
+                pad = self._buffers.get(name, self.settings.buffer) * resolution + slack
                 box = shapely.box(b.xmin - pad, b.ymin - pad, b.xmax + pad, b.ymax + pad)
                 for i in np.sort(tree.query(box)):
                     ds.add_feature(self._feature(name, int(i)))

@@ -37,6 +37,7 @@ class RunStats:
     tiles_blank: int = 0  # blank tiles (not stored)
     metatiles: int = 0
     levels: dict[int, int] = field(default_factory=dict)  # level -> tiles written (seed)
+    changed: list[tuple[int, int, int]] = field(default_factory=list)  # written or removed
 
     def count_level(self, level: int) -> None:
         self.levels[level] = self.levels.get(level, 0) + 1
@@ -126,6 +127,8 @@ def run_plan(
                 stats.count_level(lv)
         if writes:
             store.put_many(writes)
+            if compare:
+                stats.changed.extend((lv, r, c) for lv, r, c, _ in writes)
 
     def consume(results_iter: Iterator[list[TileResult]]) -> None:
         for (key, _task), results in zip(tasks, results_iter, strict=True):

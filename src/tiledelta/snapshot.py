@@ -88,6 +88,7 @@ def record_build(
     kind: str,
     summary: dict | None = None,
     clear_journal: bool = False,
+    changed_tiles: list[tuple[int, int, int]] | None = None,
     target: str = "local",
 ) -> None:
     """Advance the snapshot to ``layers`` in one transaction."""
@@ -110,6 +111,10 @@ def record_build(
         con.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig),))
         if clear_journal:
             con.execute("DELETE FROM meta WHERE key='journal'")
+        if changed_tiles is None:
+            con.execute("DELETE FROM meta WHERE key='last_update_tiles'")
+        else:
+            save_update_tiles(con, np.asarray(changed_tiles, dtype=np.int64))
         con.execute(
             "INSERT INTO runs (kind, started, finished, status, summary) VALUES (?, ?, ?, ?, ?)",
             (kind, time.time(), time.time(), "ok", json.dumps(summary or {})),
@@ -243,3 +248,20 @@ def measured_speed(project: Project) -> float | None:
         if mt and t:
             n, secs = n + mt, secs + t
     return n / secs if secs else None
+
+
+def save_update_tiles(con: sqlite3.Connection, addrs: np.ndarray) -> None:
+    """Remember the (level, row, col) tiles the last update wrote or removed."""
+    con.execute(
+        "INSERT OR REPLACE INTO meta VALUES ('last_update_tiles', ?)",
+        (json.dumps(np.asarray(addrs, dtype=np.int64).reshape(-1, 3).tolist()),),
+    )
+
+
+def last_update_tiles(project: Project) -> np.ndarray | None:
+    """Tiles the last update wrote or removed; None when the last build was a seed."""
+    if not state_db(project).exists():
+        return None
+    with closing(connect(project)) as con:
+        row = con.execute("SELECT value FROM meta WHERE key='last_update_tiles'").fetchone()
+    return None if row is None else np.asarray(json.loads(row[0]), dtype=np.int64).reshape(-1, 3)

@@ -125,9 +125,7 @@ def _read_journal(project: Project, target: str = "local") -> dict[str, np.ndarr
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in data.items()}
 
 
-def _write_journal(
-    project: Project, boxes: dict[str, np.ndarray], target: str = "local"
-) -> None:
+def _write_journal(project: Project, boxes: dict[str, np.ndarray], target: str = "local") -> None:
     data = {k: np.asarray(v).reshape(-1, 4).tolist() for k, v in boxes.items() if len(v)}
     with closing(connect(project, target)) as con, con:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('journal', ?)", (json.dumps(data),))
@@ -244,6 +242,7 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
                 if gone:
                     store.put_many(gone)
                     stats.tiles_removed += len(gone)
+                    stats.changed.extend(a[:3] for a in gone)
         t_render = time.perf_counter()
         levels_out = plan.tile_count(scheme)
         result = summary(
@@ -260,7 +259,13 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
         result["levels"] = {str(lv): {"tiles": levels_out.get(lv, 0)} for lv in project.levels}
         result["changes"] = changes.as_dict()
         record_build(
-            project, layers, project.levels, kind="update", summary=result, clear_journal=True
+            project,
+            layers,
+            project.levels,
+            kind="update",
+            summary=result,
+            clear_journal=True,
+            changed_tiles=stats.changed,
         )
         result["seconds"] = round(time.perf_counter() - t0, 3)
         return result
