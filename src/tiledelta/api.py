@@ -237,3 +237,44 @@ def _estimate(project: Project, metatiles: int) -> float | None:
 
     speed = measured_speed(project)
     return round(metatiles / speed, 1) if speed else None
+
+
+def changes_summary(project: Project, target: str = "local") -> dict:
+    """What changed since the last build (as ``tiledelta status --json`` prints)."""
+    from tiledelta.update import detect_changes
+
+    return detect_changes(project, target=target).as_dict()
+
+
+def describe_changes(changes: dict) -> list[str]:
+    """Human lines for a changes summary."""
+    if changes["rebuild"]:
+        return [f"full rebuild needed: {changes['rebuild']}"]
+    lines = [
+        f"{name}: {c['added']} added, {c['modified']} modified, {c['deleted']} deleted"
+        for name, c in changes["layers"].items()
+    ]
+    if changes["new_levels"]:
+        lines.append(f"new levels (full render): {changes['new_levels']}")
+    if changes["dropped_levels"]:
+        lines.append(f"dropped levels (tiles removed): {changes['dropped_levels']}")
+    if changes["unfinished_run"]:
+        lines.append("an earlier update did not finish: its tiles are planned again")
+    return lines
+
+
+def run_update(
+    project: Project, *, target: str = "local", say: Callable[[str], None] = print,
+    progress=None,
+) -> dict:
+    """``tiledelta update``: the local cache, or the ArcGIS Server cache."""
+    if target == "arcgis":
+        from tiledelta.arcgis.cache import update_server
+
+        return update_server(project, say=say)
+    from tiledelta.update import update
+
+    result = update(project, progress=progress)
+    for line in describe_changes(result["changes"]) if not result.get("rebuild") else []:
+        say(line)
+    return result

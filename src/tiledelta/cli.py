@@ -217,20 +217,10 @@ def status(project_dir: Path, as_json: bool) -> None:
 
 
 def _print_changes(changes: dict) -> None:
-    if changes["rebuild"]:
-        click.echo(f"full rebuild needed: {changes['rebuild']}")
-        return
-    for name, c in changes["layers"].items():
-        click.echo(
-            f"{name:<20} {c['added']:>6} added {c['modified']:>6} modified "
-            f"{c['deleted']:>6} deleted"
-        )
-    if changes["new_levels"]:
-        click.echo(f"new levels (full render): {changes['new_levels']}")
-    if changes["dropped_levels"]:
-        click.echo(f"dropped levels (tiles removed): {changes['dropped_levels']}")
-    if changes["unfinished_run"]:
-        click.echo("an earlier update did not finish: its tiles are planned again")
+    from tiledelta.api import describe_changes
+
+    for line in describe_changes(changes):
+        click.echo(line)
 
 
 @main.command()
@@ -363,6 +353,21 @@ def thumbnail(project_dir: Path, size: str, out: Path) -> None:
 
     path = write_thumbnail(load_project(project_dir), out, parse_size(size))
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@project_option
+@json_option
+@click.option("--no-cache-update", is_flag=True, help="Publish only; leave the cache alone.")
+def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
+    """Overwrite the ArcGIS service definition, then rebuild the changed part of its cache."""
+    from tiledelta.api import load_project
+    from tiledelta.arcgis.publish import publish as do_publish
+
+    say = (lambda _m: None) if as_json else click.echo
+    result = do_publish(load_project(project_dir), say=say, update_cache=not no_cache_update)
+    if as_json:
+        _echo_json(result)
 
 
 @main.command()

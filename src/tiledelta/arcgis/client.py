@@ -298,3 +298,15 @@ class ArcGISClient:
         if not item:
             raise ArcGISError(f"upload of {path.name} returned no item id")
         return item
+
+    def update_item(self, item_id: str, *, thumbnail: bytes | None = None, **fields) -> dict:
+        """Update a portal item (thumbnail and/or fields such as description)."""
+        if not self.portal:
+            raise ArcGISError("[arcgis] portal is not set: cannot update the portal item")
+        files = {"thumbnail": ("thumbnail.png", thumbnail, "image/png")} if thumbnail else None
+        fields.setdefault("f", "json")
+        url = (
+            f"{self.portal}/sharing/rest/content/users/{quote(self.username)}/items/"
+            f"{quote(item_id)}/update"
+        )
+        return self._send("POST", url, data=fields, files=files)
