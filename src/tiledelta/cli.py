@@ -371,6 +371,30 @@ def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
 
 
 @main.command()
+@project_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 exposes the cache to the network).",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--max-age",
+    type=click.IntRange(min=0),
+    default=3600,
+    show_default=True,
+    help="Cache-Control max-age of tile responses, in seconds.",
+)
+def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
+    """Serve the cache read-only: XYZ tiles, an ArcGIS REST MapServer and WMTS."""
+    from tiledelta.project import Project
+    from tiledelta.serve import run
+
+    run(Project.load(project_dir), host=host, port=port, max_age=max_age, say=click.echo)
+
+
+@main.command()
 @click.argument(
     "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("sample-project")
 )

@@ -189,8 +189,13 @@ def grid_size(scheme: TilingScheme, level: int) -> tuple[int, int] | None:
     if scheme.extent is None:
         return None
     res = scheme.resolution(level)
-    rows = math.ceil((scheme.origin_y - scheme.extent.ymin) / (scheme.tile_height * res) - 1e-9)
-    cols = math.ceil((scheme.extent.xmax - scheme.origin_x) / (scheme.tile_width * res) - 1e-9)
+    # Relative slack: Esri's rounded resolutions make 2^z tiles fall a hair short of the world.
+    rows = math.ceil(
+        (scheme.origin_y - scheme.extent.ymin) / (scheme.tile_height * res) * (1 - 1e-9)
+    )
+    cols = math.ceil(
+        (scheme.extent.xmax - scheme.origin_x) / (scheme.tile_width * res) * (1 - 1e-9)
+    )
     return max(rows, 1), max(cols, 1)
 
 

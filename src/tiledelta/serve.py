@@ -382,10 +382,17 @@ class TileService:
 
     # -- addressing
 
+    def grid(self, level: int) -> tuple[int, int] | None:
+        """(rows, cols) of the grid at ``level``; None when the scheme has no extent."""
+        if self.web_mercator:
+            # 2**z exactly: grid_size rounds Esri's 156543.033928 up to 2**z + 1.
+            return 1 << level, 1 << level
+        return grid_size(self.scheme, level)
+
     def in_range(self, level: int, row: int, col: int) -> bool:
         if level not in self._level_ids or row < 0 or col < 0:
             return False
-        size = grid_size(self.scheme, level)
+        size = self.grid(level)
         rows, cols = size if size is not None else (MAX_INDEX, MAX_INDEX)
         return row < min(rows, MAX_INDEX) and col < min(cols, MAX_INDEX)
 
@@ -524,7 +531,7 @@ class TileService:
         tw, th = self.scheme.tile_width, self.scheme.tile_height
         for level in self.levels:
             res = self.scheme.resolution(level)
-            size = grid_size(self.scheme, level)
+            size = self.grid(level)
             if size is None:
                 size = (
                     max(1, math.ceil((self.scheme.origin_y - ext.ymin) / (th * res) - 1e-9)),
