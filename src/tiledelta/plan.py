@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import mapnik
 import numpy as np
 
+from tiledelta._mapnik import mapnik
 from tiledelta.grid import Bounds, TilingScheme, grid_size
 from tiledelta.render import mapnik_scale_denominator, query_pad
 from tiledelta.style import Style
@@ -76,16 +76,18 @@ def metatiles_for_boxes(
     res = scheme.resolution(level)
     mw = meta * scheme.tile_width * res
     mh = meta * scheme.tile_height * res
-    c0 = np.ceil((boxes[:, 0] - pad - scheme.origin_x) / mw).astype(np.int64) - 1
-    c1 = np.floor((boxes[:, 2] + pad - scheme.origin_x) / mw).astype(np.int64)
-    r0 = np.ceil((scheme.origin_y - boxes[:, 3] - pad) / mh).astype(np.int64) - 1
-    r1 = np.floor((scheme.origin_y - boxes[:, 1] + pad) / mh).astype(np.int64)
+    # Candidate ranges by division, one meta-tile wider on each side; the exact
+    # inclusive test below (the same float expressions as metatile_bounds) decides.
+    c0 = np.floor((boxes[:, 0] - pad - scheme.origin_x) / mw).astype(np.int64) - 1
+    c1 = np.floor((boxes[:, 2] + pad - scheme.origin_x) / mw).astype(np.int64) + 1
+    r0 = np.floor((scheme.origin_y - boxes[:, 3] - pad) / mh).astype(np.int64) - 1
+    r1 = np.floor((scheme.origin_y - boxes[:, 1] + pad) / mh).astype(np.int64) + 1
     r0, c0 = np.maximum(r0, 0), np.maximum(c0, 0)
     mgrid = metatile_grid(scheme, level, meta)
     if mgrid is not None:
         r1, c1 = np.minimum(r1, mgrid[0] - 1), np.minimum(c1, mgrid[1] - 1)
     ok = (r0 <= r1) & (c0 <= c1)
-    r0, r1, c0, c1 = r0[ok], r1[ok], c0[ok], c1[ok]
+    r0, r1, c0, c1, boxes = r0[ok], r1[ok], c0[ok], c1[ok], boxes[ok]
     if not len(r0):
         return np.zeros((0, 2), dtype=np.int64)
     nr, nc = r1 - r0 + 1, c1 - c0 + 1
@@ -94,7 +96,19 @@ def metatiles_for_boxes(
     k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
     rows = r0[owner] + k // nc[owner]
     cols = c0[owner] + k % nc[owner]
-    return np.unique(np.column_stack([rows, cols]), axis=0)
+    tw, th = scheme.tile_width * res, scheme.tile_height * res
+    xmin = scheme.origin_x + (cols * meta) * tw
+    ymax = scheme.origin_y - (rows * meta) * th
+    xmax = xmin + meta * scheme.tile_width * res
+    ymin = ymax - meta * scheme.tile_height * res
+    b = boxes[owner]
+    hit = (
+        (b[:, 0] <= xmax + pad)
+        & (b[:, 2] >= xmin - pad)
+        & (b[:, 1] <= ymax + pad)
+        & (b[:, 3] >= ymin - pad)
+    )
+    return np.unique(np.column_stack([rows[hit], cols[hit]]), axis=0).reshape(-1, 2)
 
 
 def visible_levels(style: Style, scheme: TilingScheme, levels: list[int]) -> dict[str, list[int]]:

@@ -165,14 +165,18 @@ class Project:
         cfg = self.config.layers.get(layer)
         return cfg.key if cfg else None
 
-    def open_store(self, create: bool = True):
+    def open_store(self, create: bool = True, max_level: int | None = None):
+        """The project's cache; ``max_level`` lists LODs beyond the configured ones
+        (to remove tiles of levels that were dropped from the project)."""
+        from tiledelta.grid import up_to_level
         from tiledelta.stores import open_store
 
         c = self.config.cache
+        scheme = self.cache_scheme if max_level is None else up_to_level(self.scheme, max_level)
         return open_store(
             c.kind,
             self.cache_path,
-            self.cache_scheme,
+            scheme,
             fmt=c.format,
             quality=c.quality,
             create=create,

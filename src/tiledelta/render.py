@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import mapnik
 import numpy as np
 import pyproj
 import shapely
 
+from tiledelta._mapnik import mapnik
 from tiledelta.errors import StyleError
 from tiledelta.grid import Bounds, TilingScheme, tile_bounds
 from tiledelta.sources import LayerData

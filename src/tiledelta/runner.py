@@ -12,8 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import mapnik
-
+from tiledelta._mapnik import mapnik
 from tiledelta.grid import TilingScheme
 from tiledelta.plan import TilePlan, metatile_tiles
 from tiledelta.render import Renderer, RenderSettings, TileResult

@@ -179,7 +179,7 @@ def validate(style: Style) -> None:
 
     Catches unknown symbolizer properties, bad colours and missing fonts before any work.
     """
-    import mapnik
+    from tiledelta._mapnik import mapnik
 
     m = mapnik.Map(256, 256)
     try:

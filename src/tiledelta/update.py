@@ -224,7 +224,8 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
             if progress:
                 progress(done, total)
 
-        with project.open_store() as store:
+        top = max(project.levels + changes.dropped_levels)
+        with project.open_store(max_level=top) as store:
             if plan.metatile_count:
                 stats = run_plan(
                     project.style,
@@ -243,6 +244,8 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
                     store.put_many(gone)
                     stats.tiles_removed += len(gone)
                     stats.changed.extend(a[:3] for a in gone)
+        if top > max(project.levels):
+            project.open_store().close()  # conf.xml lists the configured levels again
         t_render = time.perf_counter()
         levels_out = plan.tile_count(scheme)
         result = summary(

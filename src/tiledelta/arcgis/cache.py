@@ -19,10 +19,10 @@ import shapely
 
 from tiledelta.aoi import esri_feature_set
 from tiledelta.arcgis.client import ArcGISClient, ArcGISError, load_credentials
-from tiledelta.grid import TilingScheme, tile_bounds
+from tiledelta.grid import TilingScheme
 from tiledelta.plan import metatiles_for_boxes, visible_levels
 from tiledelta.project import ArcGISConfig, Project
-from tiledelta.render import query_pad
+from tiledelta.render import metatile_bounds, query_pad
 from tiledelta.schemes import scheme_from_tile_info
 from tiledelta.seed import read_layers
 from tiledelta.snapshot import record_build
@@ -99,6 +99,7 @@ def level_areas(
     tr = None if src.equals(dst) else pyproj.Transformer.from_crs(src, dst, always_xy=True)
     vis = visible_levels(project.style, project.scheme, levels)
     buffer_px = project.settings.buffer
+    meta = project.settings.metatile
     out: dict[int, object] = {}
     for level in levels:
         parts = []
@@ -110,11 +111,12 @@ def level_areas(
                 b = np.array([tr.transform_bounds(*row, densify_pts=11) for row in b])
             lyr_buffer = project.style.layer(name).buffer_size
             pad = query_pad(scheme, level, buffer_px if lyr_buffer is None else lyr_buffer)
-            tiles = metatiles_for_boxes(scheme, level, b, pad, 1)
-            res = scheme.resolution(level)
-            inset = SHRINK * scheme.tile_width * res
-            for row, col in tiles.tolist():
-                t = tile_bounds(scheme, level, row, col)
+            # Whole meta-tiles: a label moved anywhere in a meta-tile can change its
+            # other tiles too, so the area covers what the dirty plan re-renders.
+            mts = metatiles_for_boxes(scheme, level, b, pad, meta)
+            inset = SHRINK * scheme.tile_width * scheme.resolution(level)
+            for mrow, mcol in mts.tolist():
+                t = metatile_bounds(scheme, level, mrow, mcol, meta)
                 parts.append(
                     shapely.box(t.xmin + inset, t.ymin + inset, t.xmax - inset, t.ymax - inset)
                 )

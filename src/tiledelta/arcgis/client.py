@@ -139,7 +139,8 @@ class ArcGISClient:
         """One JSON request with retries on 5xx / network errors; ArcGIS errors raised."""
         last: str = ""
         for attempt in range(self.retries + 1):
-            headers = {}
+            # Tokens are issued for client=referer: every request names that referer.
+            headers = {"Referer": self.server}
             if auth:
                 headers["X-Esri-Authorization"] = f"Bearer {self.token().get()}"
             try:
@@ -161,6 +162,11 @@ class ArcGISClient:
                     f"{urlsplit(url).path}: the server did not answer JSON; is this an ArcGIS URL?"
                 ) from None
             err = body.get("error") if isinstance(body, dict) else None
+            if isinstance(body, dict) and body.get("status") == "error":  # Administrator API
+                err = {
+                    "code": body.get("code"),
+                    "message": "; ".join(str(m) for m in body.get("messages") or []) or "error",
+                }
             if err:
                 code = err.get("code")
                 if code in (498, 499) and auth and attempt < self.retries:

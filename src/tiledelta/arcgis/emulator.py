@@ -204,6 +204,7 @@ class Job:
     submitted: float = 0.0
     finished: float | None = None
     inject_failure: bool = False
+    submit_info: dict[str, Any] = field(default_factory=dict, repr=False)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -967,7 +968,7 @@ class Emulator:
                     ),
                     p,
                 )
-            return _json(self._submit(gp, task, req.params).info(), p)
+            return _json(self._submit(gp, task, req.params).submit_info, p)
         if op == "execute" and len(rest) == 2:
             if kind != "esriExecutionTypeSynchronous":
                 return _json(
@@ -989,10 +990,11 @@ class Emulator:
         if len(rest) == 1:
             return _json(job.info(), p)
         if rest[1:] == ["cancel"]:
-            if job.status not in JOB_DONE:
-                job.cancel_event.set()
-                if job.status == EXECUTING:
-                    job.status = CANCELLING
+            with self._lock:
+                if job.status not in JOB_DONE:
+                    job.cancel_event.set()
+                    if job.status == EXECUTING:
+                        job.status = CANCELLING
             return _json({"jobId": job.id, "jobStatus": job.status}, p)
         if len(rest) == 3 and rest[1] == "results" and rest[2] in job.results:
             return _json(
@@ -1020,6 +1022,7 @@ class Emulator:
             )
             self.jobs[job.id] = job
         job.message(f"Submitted. ({task}, tiledelta emulator)")
+        job.submit_info = {"jobId": job.id, "jobStatus": SUBMITTED}
         work = self._publish_job if task == PUBLISH_TASK else self._cache_job
         args = {k: v for k, v in params.items() if k.lower() not in SECRET_PARAMS}
         threading.Thread(
@@ -1029,23 +1032,24 @@ class Emulator:
 
     def _run_job(self, job: Job, work, params: dict[str, str]) -> None:
         t0 = time.perf_counter()
+        end: tuple[str, list[tuple[str, str]]]
         try:
             work(job, params)
         except JobCancelled:
-            job.status = CANCELLED
-            job.message("Cancelled. Tiles written before the cancel were kept.", WARNING)
+            end = (CANCELLED, [("Cancelled. Tiles written before the cancel were kept.", WARNING)])
         except JobFailed as exc:
-            job.status = FAILED
-            job.message(str(exc), ERROR)
-            job.message("Failed.", ERROR)
+            end = (FAILED, [(str(exc), ERROR), ("Failed.", ERROR)])
         except Exception as exc:  # a bug or an unexpected data problem: report, do not crash
             log.exception("emulator job %s failed", job.id)
-            job.status = FAILED
-            job.message(f"{type(exc).__name__}: {exc}", ERROR)
-            job.message("Failed.", ERROR)
+            end = (FAILED, [(f"{type(exc).__name__}: {exc}", ERROR), ("Failed.", ERROR)])
         else:
-            job.status = SUCCEEDED
-            job.message(f"Succeeded (elapsed time: {time.perf_counter() - t0:.2f} seconds).")
+            took = time.perf_counter() - t0
+            end = (SUCCEEDED, [(f"Succeeded (elapsed time: {took:.2f} seconds).", INFO)])
+        try:
+            with self._lock:
+                for text, kind in end[1]:
+                    job.message(text, kind)
+                job.status = end[0]
         finally:
             job.progress = None
             job.finished = time.time()
@@ -1062,10 +1066,11 @@ class Emulator:
 
     def _begin(self, job: Job) -> None:
         """The job starts executing: apply the slow and failure faults, honour a cancel."""
-        if job.cancel_event.is_set():
-            raise JobCancelled()
-        job.status = EXECUTING
-        job.message("Executing...")
+        with self._lock:
+            if job.cancel_event.is_set():
+                raise JobCancelled()
+            job.status = EXECUTING
+            job.message("Executing...")
         delay = float(self.faults.slow_job_seconds or 0)
         deadline = time.monotonic() + delay
         while delay > 0 and (left := deadline - time.monotonic()) > 0:
@@ -1640,6 +1645,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # ------------------------------------------------------------------------------ CLI
+
+
+def make_service_definition(
+    project: Path, out: Path, folder: str, name: str, *, keep_cache: bool = True,
+    include_cache: bool = False,
+) -> Path:
+    """Package a tiledelta project as the emulator's service definition (a zip + serviceinfo).
+
+    Emulator-only: real ArcGIS .sd files are 7-Zip archives staged by ArcGIS Pro.
+    """
+    project, out = Path(project), Path(out)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = {"folder": folder, "name": name, "keepExistingMapCache": keep_cache}
+        zf.writestr("serviceinfo.json", json.dumps(info))
+        for p in sorted(project.rglob("*")):
+            rel = p.relative_to(project)
+            if p.is_dir() or rel.parts[0] in (".tiledelta", ".env") or p.suffix == ".sd":
+                continue
+            if rel.parts[0] == "cache" and not include_cache:
+                continue
+            zf.write(p, rel.as_posix())
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
