@@ -264,7 +264,10 @@ def describe_changes(changes: dict) -> list[str]:
 
 
 def run_update(
-    project: Project, *, target: str = "local", say: Callable[[str], None] = print,
+    project: Project,
+    *,
+    target: str = "local",
+    say: Callable[[str], None] = print,
     progress=None,
 ) -> dict:
     """``tiledelta update``: the local cache, or the ArcGIS Server cache."""

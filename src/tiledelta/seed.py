@@ -11,6 +11,7 @@ from pathlib import Path
 from tiledelta.errors import CacheError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
+from tiledelta.runlog import write_run
 from tiledelta.runner import RunStats, run_plan
 from tiledelta.sources import LayerData, read_layer
 
@@ -124,7 +125,9 @@ def seed(
     result = summary(
         project, stats, levels, time.perf_counter() - t0, stages={"read_plan": t_read - t0}
     )
-    record_build(project, layers, levels, kind="seed", summary=result, clear_journal=True)
+    run_id = record_build(project, layers, levels, kind="seed", summary=result, clear_journal=True)
+    result["run"] = run_id
+    result["run_folder"] = str(write_run(project, run_id, result))
     return result
 
 

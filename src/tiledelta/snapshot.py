@@ -90,8 +90,8 @@ def record_build(
     clear_journal: bool = False,
     changed_tiles: list[tuple[int, int, int]] | None = None,
     target: str = "local",
-) -> None:
-    """Advance the snapshot to ``layers`` in one transaction."""
+) -> int:
+    """Advance the snapshot to ``layers`` in one transaction; return the run id."""
     sig = build_signature(project, levels)
     with closing(connect(project, target)) as con, con:
         con.execute("DELETE FROM layers")
@@ -115,10 +115,11 @@ def record_build(
             con.execute("DELETE FROM meta WHERE key='last_update_tiles'")
         else:
             save_update_tiles(con, np.asarray(changed_tiles, dtype=np.int64))
-        con.execute(
+        cur = con.execute(
             "INSERT INTO runs (kind, started, finished, status, summary) VALUES (?, ?, ?, ?, ?)",
             (kind, time.time(), time.time(), "ok", json.dumps(summary or {})),
         )
+    return int(cur.lastrowid)
 
 
 @dataclass
@@ -158,9 +159,15 @@ class LayerChange:
     added: int = 0
     modified: int = 0
     deleted: int = 0
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     old_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     new_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    #: indices, in the current layer data, of the added and modified features
+    new_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Where the changes were and are: the boxes whose tiles they dirty."""
+        return np.concatenate([self.old_boxes.reshape(-1, 4), self.new_boxes.reshape(-1, 4)])
 
     @property
     def changed(self) -> bool:
@@ -177,7 +184,9 @@ def diff_layer(old: LayerSnapshot | None, new: LayerData, keyed: bool) -> LayerC
     without one, by fingerprint as a multiset (an edit is delete + add).
     """
     if old is None:
-        return LayerChange(added=len(new), boxes=new.bounds, new_boxes=new.bounds)
+        return LayerChange(
+            added=len(new), new_boxes=new.bounds, new_idx=np.arange(len(new), dtype=np.int64)
+        )
     if keyed:
         return _diff_keyed(old, new)
     return _diff_multiset(old, new)
@@ -203,9 +212,9 @@ def _diff_keyed(old: LayerSnapshot, new: LayerData) -> LayerChange:
         added=int(add_mask.sum()),
         modified=int(mod.sum()),
         deleted=int(del_mask.sum()),
-        boxes=np.concatenate([old_boxes, new_boxes]),
         old_boxes=old_boxes,
         new_boxes=new_boxes,
+        new_idx=np.concatenate([np.flatnonzero(add_mask), ni[mod]]).astype(np.int64),
     )
 
 
@@ -226,9 +235,9 @@ def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
     return LayerChange(
         added=added,
         deleted=deleted,
-        boxes=np.concatenate([old_boxes, new_boxes]),
         old_boxes=old_boxes,
         new_boxes=new_boxes,
+        new_idx=np.flatnonzero(came).astype(np.int64),
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from tiledelta.errors import LockedError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
+from tiledelta.runlog import write_run
 from tiledelta.runner import RunStats, run_plan
 from tiledelta.seed import full_plan, read_layers, seed, summary
 from tiledelta.snapshot import (
@@ -261,7 +262,7 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
         )
         result["levels"] = {str(lv): {"tiles": levels_out.get(lv, 0)} for lv in project.levels}
         result["changes"] = changes.as_dict()
-        record_build(
+        run_id = record_build(
             project,
             layers,
             project.levels,
@@ -271,4 +272,9 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
             changed_tiles=stats.changed,
         )
         result["seconds"] = round(time.perf_counter() - t0, 3)
+        result["run"] = run_id
+        folder = write_run(
+            project, run_id, result, changes=changes, layers=layers, tiles=stats.changed
+        )
+        result["run_folder"] = str(folder)
         return result

@@ -1648,7 +1648,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_service_definition(
-    project: Path, out: Path, folder: str, name: str, *, keep_cache: bool = True,
+    project: Path,
+    out: Path,
+    folder: str,
+    name: str,
+    *,
+    keep_cache: bool = True,
     include_cache: bool = False,
 ) -> Path:
     """Package a tiledelta project as the emulator's service definition (a zip + serviceinfo).
