@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tiledelta.errors import ConfigError, TileDeltaError
-from tiledelta.project import PROJECT_FILE, CacheConfig, Project, ProjectConfig
+from tiledelta.project import PROJECT_FILE, CacheConfig, LayerConfig, Project, ProjectConfig
 
 
 def load_project(directory: Path | str) -> Project:
@@ -150,10 +150,11 @@ def project_info(project: Project) -> dict:
 def run_demo(
     directory: Path,
     *,
-    levels: str = "0-18",
+    levels: str = "0-19",
     cache_kind: str = "compact",
     say: Callable[[str], None] = print,
     progress=None,
+    verify: bool = True,
 ) -> dict:
     """The main job on sample data: build a sample county's cache, edit the data, update."""
     from tiledelta import sample
@@ -173,6 +174,10 @@ def run_demo(
         cache_kind=cache_kind,
         force=True,
     )
+    project = Project.load(directory)
+    # Roads carry a stable id: a renamed or moved road is reported as "modified".
+    project.config.layers = {"roads": LayerConfig(key="road_id")}
+    project.save()
     project = load_project(directory)
     full = seed(project, progress=progress)
     say(
@@ -192,8 +197,43 @@ def run_demo(
         f"{upd['tiles_unchanged']:,} unchanged, in {upd['seconds']:.2f} s "
         f"(the full build took {full['seconds']:.2f} s)"
     )
-    say(f"cache: {full['cache']}  (inspect with: tiledelta info --project {directory})")
-    return {"seed": full, "update": upd}
+    result = {"seed": full, "update": upd}
+    if verify:
+        same, compared = verify_against_full_build(directory)
+        result["verified"] = {"identical": same, "tiles_compared": compared}
+        say(
+            f"verified: the updated cache equals a fresh full build ({compared:,} tiles compared)"
+            if same
+            else "MISMATCH: the updated cache differs from a fresh full build"
+        )
+    say(
+        f"cache: {full['cache']}  (look inside: tiledelta info --project {directory}; "
+        f"browse it: tiledelta serve --project {directory})"
+    )
+    return result
+
+
+def verify_against_full_build(directory: Path) -> tuple[bool, int]:
+    """Seed a copy of the project's data and compare every tile with the project's cache."""
+    import shutil
+    import tempfile
+
+    from tiledelta.seed import seed
+
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "copy"
+        shutil.copytree(
+            directory, copy, ignore=shutil.ignore_patterns("cache", "cache.*", ".tiledelta", ".env")
+        )
+        seed(load_project(copy))
+        with (
+            load_project(directory).open_store(create=False) as a,
+            load_project(copy).open_store(create=False) as b,
+        ):
+            ta, tb = set(a.iter_tiles()), set(b.iter_tiles())
+            same = ta == tb and all(a.get(*t) == b.get(*t) for t in ta)
+    return same, len(ta)
 
 
 def plan_summary(project: Project, aoi: Path | None = None) -> dict:

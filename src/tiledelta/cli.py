@@ -398,7 +398,13 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
 @click.argument(
     "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("sample-project")
 )
-@click.option("--levels", default="0-18", show_default=True)
+@click.option("--levels", default="0-19", show_default=True)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Compare the updated cache with a fresh full build.",
+)
 @click.option(
     "--cache",
     "cache_kind",
@@ -407,13 +413,15 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
     show_default=True,
 )
 @json_option
-def demo(directory: Path, levels: str, cache_kind: str, as_json: bool) -> None:
+def demo(directory: Path, levels: str, verify: bool, cache_kind: str, as_json: bool) -> None:
     """The main job on sample data: make a sample county, build its cache, edit, update."""
     from tiledelta.api import run_demo
 
     say: Callable[[str], None] = (lambda _m: None) if as_json else click.echo
     with progress_bar("working", not as_json) as cb:
-        result = run_demo(directory, levels=levels, cache_kind=cache_kind, say=say, progress=cb)
+        result = run_demo(
+            directory, levels=levels, cache_kind=cache_kind, say=say, progress=cb, verify=verify
+        )
     if as_json:
         _echo_json(result)
 

@@ -186,7 +186,8 @@ def generate(folder: Path) -> dict[str, int]:
     )
     names.append("Highway 30")
     classes.append("highway")
-    _write(gpkg, "roads", roads, {"name": names, "class": classes}, "LineString")
+    ids = list(range(1, len(roads) + 1))
+    _write(gpkg, "roads", roads, {"road_id": ids, "name": names, "class": classes}, "LineString")
 
     parcels, pnos, owners, buildings, bkinds, byears = [], [], [], [], [], []
     n = 1000

@@ -55,6 +55,7 @@ from tiledelta.grid import Bounds, TilingScheme, grid_size, is_web_mercator, til
 from tiledelta.project import Project
 from tiledelta.schemes import scheme_meters_per_unit, scheme_to_tile_info
 from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC, tile_format
+from tiledelta.viewer import routes as viewer_routes
 
 log = logging.getLogger(__name__)
 
@@ -939,6 +940,7 @@ def create_app(project: Project, *, max_age: int = DEFAULT_MAX_AGE) -> Starlette
         Route("/wmts/1.0.0/WMTSCapabilities.xml", wmts_caps),
         Route("/wmts/1.0.0/{layer}/{style}/{tms}/{tm}/{row}/{name}", wmts_rest_tile),
     ]
+    routes.extend(viewer_routes(project))  # viewer page data and Leaflet (tiledelta.viewer)
     if STATIC_DIR.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     app = Starlette(
