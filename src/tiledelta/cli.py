@@ -23,6 +23,14 @@ project_option = click.option(
     help="Project folder (holds tiledelta.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+cache_option = click.option(
+    "--cache",
+    "cache_kind",
+    type=click.Choice(["compact", "mbtiles", "xyz"]),
+    default="compact",
+    show_default=True,
+    help="Cache format.",
+)
 
 
 def _echo_json(obj: dict) -> None:
@@ -109,13 +117,7 @@ def main(verbose: int) -> None:
     show_default=True,
     help="web-mercator, or a conf.xml / root.json / MapServer JSON file.",
 )
-@click.option(
-    "--cache",
-    "cache_kind",
-    type=click.Choice(["compact", "mbtiles", "xyz"]),
-    default="compact",
-    show_default=True,
-)
+@cache_option
 @click.option(
     "--format",
     "fmt",
@@ -405,13 +407,7 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
     show_default=True,
     help="Compare the updated cache with a fresh full build.",
 )
-@click.option(
-    "--cache",
-    "cache_kind",
-    type=click.Choice(["compact", "mbtiles", "xyz"]),
-    default="compact",
-    show_default=True,
-)
+@cache_option
 @json_option
 def demo(directory: Path, levels: str, verify: bool, cache_kind: str, as_json: bool) -> None:
     """The main job on sample data: make a sample county, build its cache, edit, update."""

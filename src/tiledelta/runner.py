@@ -91,18 +91,20 @@ def run_plan(
     *,
     processes: int = 0,
     compare: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
     Blank tiles are not stored. With ``compare`` (updates), tiles whose bytes
     equal the stored ones are left alone and stored tiles that became blank are
-    deleted. ``progress`` is called with the number of tiles done after each chunk.
+    deleted. ``progress(done, total)`` is called with tile counts after each chunk.
     """
     stats = RunStats(metatiles=plan.metatile_count)
     tasks, per_group = _tasks(scheme, plan)
     if not tasks:
         return stats
+    total = sum(plan.tile_count(scheme).values())
+    done = [0]
     pending: dict[tuple, list[TileResult]] = {}
     left = dict(per_group)
 
@@ -135,8 +137,9 @@ def run_plan(
             left[key] -= 1
             if left[key] == 0:
                 flush(key)
+            done[0] += len(results)
             if progress:
-                progress(len(results))
+                progress(done[0], total)
 
     nproc = min(worker_count(processes), len(tasks))
     log.info(
@@ -153,3 +156,26 @@ def run_plan(
     with ctx.Pool(nproc, initializer=_init, initargs=(style, scheme, layers, settings)) as pool:
         consume(pool.imap(_work, [t for _k, t in tasks], chunksize=1))
     return stats
+
+
+def run_project_plan(
+    project,
+    layers: dict[str, LayerData],
+    plan: TilePlan,
+    store,
+    *,
+    compare: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunStats:
+    """:func:`run_plan` with the project's style, scheme, settings and process count."""
+    return run_plan(
+        project.style,
+        project.scheme,
+        layers,
+        project.settings,
+        plan,
+        store,
+        processes=project.config.render.processes,
+        compare=compare,
+        progress=progress,
+    )

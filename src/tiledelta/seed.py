@@ -12,7 +12,7 @@ from tiledelta.errors import CacheError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
 from tiledelta.runlog import write_run
-from tiledelta.runner import RunStats, run_plan
+from tiledelta.runner import RunStats, run_project_plan
 from tiledelta.sources import LayerData, read_layer
 
 log = logging.getLogger(__name__)
@@ -84,37 +84,19 @@ def seed(
     plan = full_plan(project, layers, levels)
     t_read = time.perf_counter()
     log.info("plan: %d meta-tiles over levels %s", plan.metatile_count, sorted(plan.levels))
-    total = sum(plan.tile_count(scheme).values())
     building = final.with_name(final.name + ".building")
     if building.exists():
         shutil.rmtree(building) if building.is_dir() else building.unlink()
     from tiledelta.stores import open_store
 
     c = project.config.cache
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
     try:
         with open_store(
             c.kind, building, project.cache_scheme, fmt=c.format, quality=c.quality
         ) as store:
             if hasattr(store, "set_extent"):
                 store.set_extent(_data_extent(layers) or scheme.extent)
-            stats = run_plan(
-                project.style,
-                scheme,
-                layers,
-                project.settings,
-                plan,
-                store,
-                processes=project.config.render.processes,
-                progress=tick,
-            )
+            stats = run_project_plan(project, layers, plan, store, progress=progress)
         _swap_in(building, final)
     except BaseException:
         if building.exists():

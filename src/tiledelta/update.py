@@ -23,7 +23,7 @@ from tiledelta.errors import LockedError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
 from tiledelta.runlog import write_run
-from tiledelta.runner import RunStats, run_plan
+from tiledelta.runner import RunStats, run_project_plan
 from tiledelta.seed import full_plan, read_layers, seed, summary
 from tiledelta.snapshot import (
     LayerChange,
@@ -216,28 +216,11 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
         _write_journal(project, changes.boxes())
         stats = RunStats()
         scheme = project.scheme
-        total = sum(plan.tile_count(scheme).values())
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(done, total)
-
         top = max(project.levels + changes.dropped_levels)
         with project.open_store(max_level=top) as store:
             if plan.metatile_count:
-                stats = run_plan(
-                    project.style,
-                    scheme,
-                    layers,
-                    project.settings,
-                    plan,
-                    store,
-                    processes=project.config.render.processes,
-                    progress=tick,
-                    compare=True,
+                stats = run_project_plan(
+                    project, layers, plan, store, compare=True, progress=progress
                 )
             for level in changes.dropped_levels:
                 gone = [(lv, r, c, None) for lv, r, c in store.iter_tiles(level)]

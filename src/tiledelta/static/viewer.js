@@ -1,0 +1,200 @@
+// tiledelta serve: the cache on a Leaflet map, with the last run's changes drawn over it.
+// Everything comes from this server (no CDN): service.json, runs/latest/*, tiles/, vendor/.
+(function () {
+  "use strict";
+
+  var COLORS = { new: "#0570b0", old: "#d7301f", tile: "#ff7f00" };
+  var state = { ready: false, error: null };
+  window.tiledelta = state;
+
+  function notice(html) {
+    var el = document.getElementById("notice");
+    el.innerHTML = el.hidden ? html : el.innerHTML + "<br>" + html;
+    el.hidden = false;
+  }
+
+  function esc(s) {
+    return String(s).replace(/[&<>"']/g, function (c) {
+      return "&#" + c.charCodeAt(0) + ";";
+    });
+  }
+
+  if (typeof L === "undefined") {
+    notice(
+      "<b>Leaflet is not installed</b>, so the map cannot be drawn. Run " +
+        "<code>npm install</code> in the tiledelta repository (it reads " +
+        "<code>package.json</code> and fills <code>node_modules/leaflet</code>), then reload. " +
+        'The tile URLs are in <a href="service.json">service.json</a>.'
+    );
+    state.error = "leaflet-missing";
+    return;
+  }
+
+  // JSON from this server; null on 404 (no run yet), an Error otherwise.
+  function getJSON(url, optional) {
+    return fetch(url, { cache: "no-cache" }).then(function (r) {
+      if (r.ok) return r.json();
+      return r
+        .json()
+        .catch(function () { return {}; })
+        .then(function (body) {
+          var msg = (body.error && body.error.message) || r.status + " " + r.statusText;
+          if (optional && r.status === 404) return { missing: msg };
+          throw new Error(url + ": " + msg);
+        });
+    });
+  }
+
+  // Web Mercator tile (z, row, col) -> Leaflet bounds.
+  function tileBounds(z, row, col) {
+    var n = Math.pow(2, z);
+    var lat = function (y) {
+      return (Math.atan(Math.sinh(Math.PI * (1 - (2 * y) / n))) * 180) / Math.PI;
+    };
+    return L.latLngBounds([lat(row + 1), (col / n) * 360 - 180], [lat(row), ((col + 1) / n) * 360 - 180]);
+  }
+
+  function legend(run, nChanges) {
+    var ctl = L.control({ position: "topright" });
+    ctl.onAdd = function () {
+      var div = L.DomUtil.create("div", "legend");
+      div.innerHTML =
+        "<h4>" + esc(run) + "</h4>" +
+        '<div><i class="sw-new"></i>new or modified feature (now)</div>' +
+        '<div><i class="sw-old"></i>deleted or modified feature (old box)</div>' +
+        '<div><i class="sw-tile"></i>re-rendered tile at this level</div>' +
+        '<p id="counts"></p>';
+      if (nChanges) {
+        var b = L.DomUtil.create("button", "", div);
+        b.type = "button";
+        b.textContent = "Zoom to changes";
+        L.DomEvent.on(b, "click", function (e) {
+          L.DomEvent.stop(e);
+          state.map.fitBounds(state.changes.getBounds(), { padding: [30, 30] });
+        });
+      }
+      L.DomEvent.disableClickPropagation(div);
+      return div;
+    };
+    return ctl;
+  }
+
+  function start(svc, changes, tiles, summary) {
+    document.title = svc.name + " \u2013 tiledelta";
+    document.getElementById("name").textContent = svc.name;
+    var levels = svc.levels.slice().sort(function (a, b) { return a - b; });
+    var minZ = levels[0], maxZ = levels[levels.length - 1];
+    document.getElementById("info").textContent =
+      svc.cache_kind + " cache \u00b7 " + svc.scheme + " \u00b7 levels " + minZ + "\u2013" + maxZ;
+
+    var e = svc.extent_wgs84; // [west, south, east, north]
+    var extent = L.latLngBounds([e[1], e[0]], [e[3], e[2]]);
+    var map = L.map("map", { zoomControl: true });
+    state.map = map;
+    L.control.scale().addTo(map);
+    map.createPane("tdTiles").style.zIndex = 410;
+    map.createPane("tdChanges").style.zIndex = 420;
+
+    var overlays = {};
+    if (svc.web_mercator) {
+      map.setMinZoom(minZ);
+      map.setMaxZoom(maxZ);
+      var ext = svc.format === "jpeg" ? "jpg" : "png";
+      state.cache = L.tileLayer("tiles/{z}/{x}/{y}." + ext, {
+        minZoom: minZ,
+        maxZoom: maxZ,
+        bounds: extent,
+        attribution: "tiledelta cache",
+      }).addTo(map);
+    } else {
+      notice(
+        "This cache uses the <b>" + esc(svc.scheme) + "</b> tiling scheme; the browser viewer " +
+          "draws Web Mercator caches only. Add the ArcGIS REST service (<code>" +
+          esc(svc.urls.arcgis) + "</code>) or the WMTS capabilities (<code>" + esc(svc.urls.wmts) +
+          "</code>) to QGIS or ArcGIS Pro. The changes are drawn below without the tiles."
+      );
+    }
+
+    var feats = changes.features || [];
+    var nChanges = feats.length;
+    var nOld = feats.filter(function (f) { return f.properties.change === "old"; }).length;
+    var nNew = nChanges - nOld;
+    if (changes.missing) notice("No changes to draw: " + esc(changes.missing) + ".");
+    state.changes = L.geoJSON(changes.features ? changes : null, {
+      pane: "tdChanges",
+      style: function (f) {
+        var old = f.properties.change === "old";
+        var area = /Polygon/.test(f.geometry.type);
+        return {
+          pane: "tdChanges",
+          className: "td-change td-change-" + (old ? "old" : "new"),
+          color: old ? COLORS.old : COLORS.new,
+          weight: old ? 2 : 2.5,
+          dashArray: old ? "6 4" : null,
+          fill: area,
+          fillOpacity: old ? 0.08 : 0.15,
+        };
+      },
+      pointToLayer: function (f, latlng) {
+        return L.circleMarker(latlng, { radius: 6 });
+      },
+      onEachFeature: function (f, layer) {
+        var p = f.properties;
+        layer.bindTooltip(esc(p.layer) + ": " + (p.change === "old" ? "where it was (box)" : "now"));
+      },
+    }).addTo(map);
+    overlays["Changed features"] = state.changes;
+
+    state.tileOutlines = L.layerGroup().addTo(map);
+    var perLevel = (svc.web_mercator && tiles.levels) || {};
+    var total = 0;
+    Object.keys(perLevel).forEach(function (k) { total += perLevel[k].length; });
+    if (svc.web_mercator) overlays["Re-rendered tiles"] = state.tileOutlines;
+
+    function drawTiles() {
+      var z = map.getZoom();
+      var list = perLevel[String(z)] || [];
+      state.tileOutlines.clearLayers();
+      list.forEach(function (rc) {
+        L.rectangle(tileBounds(z, rc[0], rc[1]), {
+          pane: "tdTiles",
+          className: "td-tile",
+          color: COLORS.tile,
+          weight: 1.5,
+          fillOpacity: 0.06,
+          interactive: false,
+        }).addTo(state.tileOutlines);
+      });
+      state.tileLevel = z;
+      var counts = document.getElementById("counts");
+      if (counts) {
+        counts.textContent =
+          nNew + " new geometr" + (nNew === 1 ? "y" : "ies") + ", " + nOld + " old box" +
+          (nOld === 1 ? "" : "es") + "; " +
+          list.length + " of " + total + " re-rendered tiles are at level " + z + ".";
+      }
+    }
+
+    var run = summary && summary.run != null ? "Last run #" + summary.run : "Last run";
+    L.control.layers(null, overlays, { collapsed: false }).addTo(map);
+    legend(run, nChanges).addTo(map);
+    map.on("zoomend", drawTiles);
+    if (svc.web_mercator || !nChanges) map.fitBounds(extent);
+    else map.fitBounds(state.changes.getBounds(), { padding: [30, 30] });
+    drawTiles();
+    state.ready = true;
+  }
+
+  Promise.all([
+    getJSON("service.json"),
+    getJSON("runs/latest/changes.geojson", true),
+    getJSON("runs/latest/tiles.json", true),
+    getJSON("runs/latest/summary.json", true),
+  ])
+    .then(function (r) { start(r[0], r[1], r[2], r[3]); })
+    .catch(function (err) {
+      state.error = String(err);
+      notice("The viewer could not start: " + esc(err.message || err));
+      console.error(err);
+    });
+})();
