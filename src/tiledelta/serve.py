@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -55,6 +55,7 @@ from tiledelta.grid import Bounds, TilingScheme, grid_size, is_web_mercator, til
 from tiledelta.project import Project
 from tiledelta.schemes import scheme_meters_per_unit, scheme_to_tile_info
 from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC, tile_format
+from tiledelta.viewer import page as viewer_page
 from tiledelta.viewer import routes as viewer_routes
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ MAX_INDEX = 2**31 - 1
 #: Largest tile file read from an XYZ cache (bundle records hold at most 16 MiB too).
 MAX_TILE_BYTES = (1 << 24) - 1
 STATIC_DIR = Path(__file__).parent / "static"
+NO_CACHE = {"Cache-Control": "no-cache"}
 
 _INT = re.compile(r"[0-9]{1,10}", re.ASCII)
 _TILE_NAME = re.compile(r"([0-9]{1,10})\.(png|jpg|jpeg)", re.ASCII)
@@ -758,9 +760,9 @@ def create_app(project: Project, *, max_age: int = DEFAULT_MAX_AGE) -> Starlette
 
     def index(request: Request) -> Response:
         page = STATIC_DIR / "index.html"
-        if page.is_file():
-            return FileResponse(page, headers={"Cache-Control": "no-cache"})
         info = svc.summary(_base_url(request))
+        if page.is_file():  # the viewer page, its service URL list filled in (tiledelta.viewer)
+            return HTMLResponse(viewer_page(page, info["urls"]), headers=NO_CACHE)
         items = "".join(
             f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>"
             for k, v in info["urls"].items()

@@ -4,6 +4,7 @@
   ``/runs/latest/tiles.json``: the newest run's files (see :mod:`tiledelta.runlog`), read
   from ``<project>/.tiledelta/runs`` only; a 404 JSON error when there is no run or the
   newest run did not record that file (a seed records no changes).
+- ``/`` (through :func:`page`): ``static/index.html`` with the service URLs listed.
 - ``/vendor/leaflet/...``: Leaflet's ``dist`` files, from ``node_modules/leaflet/dist``
   at the repository root (``npm install`` there, see ``package.json``) or, for a packaged
   install, from ``tiledelta/static/vendor/leaflet``. Nothing is fetched from a CDN: the
@@ -14,6 +15,7 @@ Request paths are only ever matched against fixed names, never joined to a folde
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -57,6 +59,8 @@ RUN_FILES = {
     "tiles.json": ("tiles.json", "application/json"),
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
+#: Where ``index.html`` gets the list of service URLs (XYZ, ArcGIS REST, WMTS).
+URLS_MARK = "<!-- tiledelta:service-urls -->"
 
 
 def leaflet_dir() -> Path | None:
@@ -65,6 +69,14 @@ def leaflet_dir() -> Path | None:
         if (d / "leaflet.js").is_file() and (d / "leaflet.css").is_file():
             return d
     return None
+
+
+def page(index_html: Path, urls: dict[str, str]) -> str:
+    """``index_html`` with the service URLs listed in place of :data:`URLS_MARK`."""
+    items = "".join(
+        f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in urls.items()
+    )
+    return index_html.read_text(encoding="utf-8").replace(URLS_MARK, f"<ul>{items}</ul>", 1)
 
 
 def _error(status: int, message: str) -> Response:

@@ -54,7 +54,7 @@
     return L.latLngBounds([lat(row + 1), (col / n) * 360 - 180], [lat(row), ((col + 1) / n) * 360 - 180]);
   }
 
-  function legend(run, nChanges) {
+  function legend(run, nChanges, withTiles) {
     var ctl = L.control({ position: "topright" });
     ctl.onAdd = function () {
       var div = L.DomUtil.create("div", "legend");
@@ -62,7 +62,7 @@
         "<h4>" + esc(run) + "</h4>" +
         '<div><i class="sw-new"></i>new or modified feature (now)</div>' +
         '<div><i class="sw-old"></i>deleted or modified feature (old box)</div>' +
-        '<div><i class="sw-tile"></i>re-rendered tile at this level</div>' +
+        (withTiles ? '<div><i class="sw-tile"></i>re-rendered tile at this level</div>' : "") +
         '<p id="counts"></p>';
       if (nChanges) {
         var b = L.DomUtil.create("button", "", div);
@@ -111,7 +111,8 @@
         "This cache uses the <b>" + esc(svc.scheme) + "</b> tiling scheme; the browser viewer " +
           "draws Web Mercator caches only. Add the ArcGIS REST service (<code>" +
           esc(svc.urls.arcgis) + "</code>) or the WMTS capabilities (<code>" + esc(svc.urls.wmts) +
-          "</code>) to QGIS or ArcGIS Pro. The changes are drawn below without the tiles."
+          "</code>) to QGIS or ArcGIS Pro." +
+          (changes.features ? " The last run's changes are drawn below, without the tiles." : "")
       );
     }
 
@@ -167,17 +168,22 @@
       });
       state.tileLevel = z;
       var counts = document.getElementById("counts");
-      if (counts) {
-        counts.textContent =
-          nNew + " new geometr" + (nNew === 1 ? "y" : "ies") + ", " + nOld + " old box" +
-          (nOld === 1 ? "" : "es") + "; " +
-          list.length + " of " + total + " re-rendered tiles are at level " + z + ".";
+      if (!counts) return;
+      if (changes.missing) {
+        counts.textContent = "No changes recorded by this run.";
+        return;
       }
+      counts.textContent =
+        nNew + " new geometr" + (nNew === 1 ? "y" : "ies") + ", " + nOld + " old box" +
+        (nOld === 1 ? "" : "es") +
+        (svc.web_mercator
+          ? "; " + list.length + " of " + total + " re-rendered tiles are at level " + z + "."
+          : ".");
     }
 
     var run = summary && summary.run != null ? "Last run #" + summary.run : "Last run";
     L.control.layers(null, overlays, { collapsed: false }).addTo(map);
-    legend(run, nChanges).addTo(map);
+    legend(run, nChanges, svc.web_mercator).addTo(map);
     map.on("zoomend", drawTiles);
     if (svc.web_mercator || !nChanges) map.fitBounds(extent);
     else map.fitBounds(state.changes.getBounds(), { padding: [30, 30] });
