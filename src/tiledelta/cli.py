@@ -397,6 +397,45 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
 
 
 @main.command()
+@project_option
+@json_option
+@click.argument("run", required=False)
+@click.option("--open", "open_browser", is_flag=True, help="Open report.html in a web browser.")
+def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool) -> None:
+    """Show the report of the latest run, or of run RUN (its id, e.g. 3)."""
+    from tiledelta.errors import ConfigError
+    from tiledelta.project import Project
+    from tiledelta.report import CHANGEMAP_FILE, REPORT_FILE, find_run, report_text, write_report
+
+    project = Project.load(project_dir)
+    folder = find_run(project, run)
+    if folder is None:
+        raise ConfigError(
+            f"{project.root}: no run {run}" if run else f"{project.root}: no runs yet"
+        )
+    page = folder / REPORT_FILE
+    if not page.is_file():  # runs from before reports existed
+        page = write_report(project, folder)
+    if as_json:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        changemap = folder / CHANGEMAP_FILE
+        _echo_json(
+            {
+                "run_folder": str(folder),
+                "report": str(page),
+                "changemap": str(changemap) if changemap.is_file() else None,
+                "summary": summary,
+            }
+        )
+    else:
+        click.echo(report_text(folder))
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
+
+
+@main.command()
 @click.argument(
     "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("sample-project")
 )

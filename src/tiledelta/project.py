@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiledelta.errors import ConfigError
 from tiledelta.grid import Bounds, TilingScheme
+from tiledelta.notify import NotifyConfig
 from tiledelta.render import RenderSettings
 from tiledelta.style import Style, load_style
 
@@ -78,6 +79,7 @@ class ProjectConfig(BaseModel):
     render: RenderConfig = RenderConfig()
     layers: dict[str, LayerConfig] = {}
     arcgis: ArcGISConfig | None = None
+    notify: NotifyConfig | None = None
 
 
 class Project:

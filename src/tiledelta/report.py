@@ -237,6 +237,7 @@ def render_changemap(
     *,
     layers: dict[str, LayerData] | None = None,
     size: tuple[int, int] = MAP_SIZE,
+    summary: dict | None = None,
 ) -> tuple[bytes, dict]:
     """The change map of the run in ``folder`` as PNG bytes, and what it shows."""
     from PIL import Image, ImageDraw, PngImagePlugin
@@ -244,6 +245,8 @@ def render_changemap(
     from tiledelta.seed import _data_extent, read_layers
 
     folder = Path(folder)
+    if summary is None:
+        summary = _read_json(folder / "summary.json") or {}
     changes = read_changes(project, folder)
     tiles = _tiles_per_level(_read_json(folder / "tiles.json"))
     if layers is None:
@@ -264,7 +267,7 @@ def render_changemap(
             max(bh, 1.0) * 1.1,
             size,
         )
-        note = "full build"
+        note = "full build" if run_kind(summary) in ("seed", "rebuild") else "no feature changed"
     info.update(bounds=list(frame), resolution=res, note=note)
 
     base = Image.open(io.BytesIO(_render_base(project, layers, frame, res, size))).convert("RGBA")
@@ -275,7 +278,7 @@ def render_changemap(
         return (x - frame.xmin) / res, (frame.ymax - y) / res
 
     entries: list[tuple[str, tuple, str]] = []
-    level = choose_level(project, tiles) if changes else None
+    level = choose_level(project, tiles)
     if level is not None:
         for r, c in tiles[str(level)]:
             tb = tile_bounds(project.scheme, level, int(r), int(c))
@@ -514,7 +517,7 @@ def write_report(
         (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     map_ok = False
     try:
-        png, _info = render_changemap(project, folder, layers=layers, size=size)
+        png, _info = render_changemap(project, folder, layers=layers, size=size, summary=summary)
         _write_atomic(folder / CHANGEMAP_FILE, png)
         map_ok = True
     except Exception as exc:  # a report without a map beats no report

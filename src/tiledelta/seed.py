@@ -70,10 +70,17 @@ def seed(
     caller already holds the project lock.
     """
     if not locked:
+        from tiledelta.notify import notify_failure, notify_run
         from tiledelta.update import project_lock
 
-        with project_lock(project):
-            return seed(project, progress=progress, layers=layers, locked=True)
+        try:
+            with project_lock(project):
+                result = seed(project, progress=progress, layers=layers, locked=True)
+        except Exception as exc:
+            notify_failure(project, "seed", exc)
+            raise
+        notify_run(project, result)
+        return result
     t0 = time.perf_counter()
     scheme, levels = project.scheme, project.levels
     final = project.cache_path
@@ -109,7 +116,11 @@ def seed(
     )
     run_id = record_build(project, layers, levels, kind="seed", summary=result, clear_journal=True)
     result["run"] = run_id
-    result["run_folder"] = str(write_run(project, run_id, result))
+    folder = write_run(project, run_id, result)
+    result["run_folder"] = str(folder)
+    from tiledelta.report import try_write_report
+
+    try_write_report(project, folder, layers=layers)
     return result
 
 

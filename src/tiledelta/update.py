@@ -193,7 +193,22 @@ def plan_update(project: Project, changes: Changes, layers: dict[str, LayerData]
 
 
 def update(project: Project, *, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Bring the cache up to date with the data; return a summary (see the CLI's --json)."""
+    """Bring the cache up to date with the data; return a summary (see the CLI's --json).
+
+    Notifications (``[notify]``) go out on success or failure as configured.
+    """
+    from tiledelta.notify import notify_failure, notify_run
+
+    try:
+        result = _update(project, progress=progress)
+    except Exception as exc:
+        notify_failure(project, "update", exc)
+        raise
+    notify_run(project, result)
+    return result
+
+
+def _update(project: Project, *, progress: Callable[[int, int], None] | None = None) -> dict:
     t0 = time.perf_counter()
     with project_lock(project):
         layers = read_layers(project)
@@ -260,4 +275,7 @@ def update(project: Project, *, progress: Callable[[int, int], None] | None = No
             project, run_id, result, changes=changes, layers=layers, tiles=stats.changed
         )
         result["run_folder"] = str(folder)
+        from tiledelta.report import try_write_report
+
+        try_write_report(project, folder, layers=layers)
         return result
