@@ -19,8 +19,9 @@ import pyproj
 from tiledelta.errors import CacheError, ConfigError
 from tiledelta.project import Project
 from tiledelta.schemes import scheme_to_root_json
-from tiledelta.seed import _data_extent, read_layers
+from tiledelta.seed import read_layers
 from tiledelta.snapshot import last_update_tiles
+from tiledelta.sources import data_extent
 from tiledelta.stores.compact import PACKET, build_bundle, bundle_name
 from tiledelta.thumbnail import render_thumbnail
 
@@ -43,7 +44,7 @@ def write_tpkx(
             raise CacheError("no update has run since the last seed: nothing counts as changed")
         wanted = [tuple(a) for a in addrs.tolist() if a[0] in levels]
     layers = read_layers(project)
-    extent = _data_extent(layers) or project.scheme.extent
+    extent = data_extent(layers) or project.scheme.extent
     scheme = project.cache_scheme
     name = out.stem
     c = project.config.cache

@@ -242,7 +242,8 @@ def render_changemap(
     """The change map of the run in ``folder`` as PNG bytes, and what it shows."""
     from PIL import Image, ImageDraw, PngImagePlugin
 
-    from tiledelta.seed import _data_extent, read_layers
+    from tiledelta.seed import read_layers
+    from tiledelta.sources import data_extent
 
     folder = Path(folder)
     if summary is None:
@@ -256,7 +257,7 @@ def render_changemap(
         frame, res = change_frame(project, [g for _l, _c, g in changes], size)
         note = None
     else:
-        extent = _data_extent(layers) or project.scheme.extent
+        extent = data_extent(layers) or project.scheme.extent
         if extent is None:
             extent = Bounds(-1.0, -1.0, 1.0, 1.0)
         bw, bh = extent.xmax - extent.xmin, extent.ymax - extent.ymin

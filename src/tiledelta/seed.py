@@ -13,7 +13,7 @@ from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
 from tiledelta.runlog import write_run
 from tiledelta.runner import RunStats, run_project_plan
-from tiledelta.sources import LayerData, read_layer
+from tiledelta.sources import LayerData, data_extent, read_layer
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def seed(
             c.kind, building, project.cache_scheme, fmt=c.format, quality=c.quality
         ) as store:
             if hasattr(store, "set_extent"):
-                store.set_extent(_data_extent(layers) or scheme.extent)
+                store.set_extent(data_extent(layers) or scheme.extent)
             stats = run_project_plan(project, layers, plan, store, progress=progress)
         _swap_in(building, final)
     except BaseException:
@@ -122,18 +122,6 @@ def seed(
 
     try_write_report(project, folder, layers=layers)
     return result
-
-
-def _data_extent(layers: dict[str, LayerData]):
-    import numpy as np
-
-    from tiledelta.grid import Bounds
-
-    boxes = [d.bounds for d in layers.values() if len(d)]
-    if not boxes:
-        return None
-    b = np.concatenate(boxes)
-    return Bounds(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
 
 
 def summary(

@@ -20,6 +20,7 @@ import pyproj
 import shapely
 
 from tiledelta.errors import SourceError
+from tiledelta.grid import Bounds
 from tiledelta.style import LayerSource
 
 
@@ -200,3 +201,14 @@ def fingerprints(wkb: np.ndarray, attrs: dict[str, list]) -> np.ndarray:
             h.update(b"\x1f")
         out[i] = int.from_bytes(h.digest(), "little")
     return out
+
+
+def data_extent(layers: dict[str, LayerData]) -> Bounds | None:
+    """The box around every feature of every layer, or None when there are none."""
+    boxes = [d.bounds for d in layers.values() if len(d)]
+    if not boxes:
+        return None
+    b = np.concatenate(boxes)
+    return Bounds(
+        float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+    )

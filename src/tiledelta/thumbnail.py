@@ -8,8 +8,8 @@ from tiledelta.errors import ConfigError
 from tiledelta.grid import Bounds
 from tiledelta.project import Project
 from tiledelta.render import Renderer
-from tiledelta.seed import _data_extent, read_layers
-from tiledelta.sources import LayerData
+from tiledelta.seed import read_layers
+from tiledelta.sources import LayerData, data_extent
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -40,7 +40,7 @@ def render_thumbnail(
 ) -> bytes:
     """A PNG of the map over its full data extent."""
     layers = layers if layers is not None else read_layers(project)
-    extent = _data_extent(layers) or project.scheme.extent
+    extent = data_extent(layers) or project.scheme.extent
     if extent is None:
         raise ConfigError("the map has no features and the scheme no extent: nothing to draw")
     box, res = fit(extent, size)

@@ -4,10 +4,10 @@ Each poll reloads the project (so edits to ``tiledelta.toml`` and the style are
 seen), skips detection when no source file changed since the cache was last known
 to be current (a cheap ``stat`` of every file the tiles depend on), otherwise runs
 :func:`tiledelta.update.detect_changes`, and runs an update when something changed
-and the clock is inside the window. Every decision is one log line. A failed run
-is reported (and handed to ``tiledelta.notify`` when that module exists) and the
-watcher goes on; Ctrl-C stops it between or during runs (an interrupted update is
-finished by the next one, see :mod:`tiledelta.update`).
+and the clock is inside the window. Every decision is one log line. A failed check
+or run is reported (through ``[notify]``, once per distinct error) and the watcher
+goes on; Ctrl-C stops it between or during runs (an interrupted update is finished
+by the next one, see :mod:`tiledelta.update`).
 
 A long-running watcher is safe with Mapnik: datasources are in-memory and built per
 run, and the render workers are fresh processes per run, so Mapnik's per-process
@@ -17,7 +17,6 @@ shapefile cache never serves stale data.
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import os
 import re
 import time
@@ -82,10 +81,10 @@ class Throttle:
 
     ``wait(n)`` counts ``n`` more tiles and sleeps until the average since the first
     call is at most ``rate``. Call it with each chunk's tile count before the chunk is
-    handed to a worker (``run_plan(throttle=...)``), or after each chunk is done
-    (:meth:`progress`, a ``progress(done, total)`` callback for ``update``/``seed``;
-    that paces rendering itself only with one render process, since pool workers
-    work ahead of the parent).
+    handed to a worker (the runner's task feed, ``[render] max_tiles_per_second``), or
+    after each chunk is done (:meth:`progress`, a ``progress(done, total)`` callback for
+    ``update``/``seed``; that paces rendering itself only with one render process,
+    since pool workers work ahead of the parent).
     """
 
     def __init__(
@@ -222,6 +221,7 @@ class Decision:
     line: str
     result: dict | None = None
     ran: bool = False  # an update was attempted (it succeeded or failed)
+    error: BaseException | None = None
 
 
 @dataclass
@@ -244,8 +244,11 @@ class Watcher:
         from tiledelta.api import load_project
 
         project = load_project(self.project_dir)
+        render = project.config.render
         if self.max_workers is not None:
-            project.config.render.processes = self.max_workers
+            render.processes = self.max_workers
+        if self.max_tiles_per_second and runner_throttles():
+            render.max_tiles_per_second = self.max_tiles_per_second  # paces the task feed
         return project
 
     def window_for(self, project: Project) -> str | None:
@@ -259,8 +262,8 @@ class Watcher:
         d = self._decide()
         self.counts[d.kind] = self.counts.get(d.kind, 0) + 1
         if d.kind == "failed":
-            if d.line != self.last_failure:
-                self._notify(d.line)
+            if d.line != self.last_failure:  # the same error again: logged, not re-sent
+                self._notify_failure(d)
             self.last_failure = d.line
         elif d.kind in ("updated", "no-change", "untouched"):
             self.last_failure = None
@@ -275,9 +278,11 @@ class Watcher:
             window = self.window_for(project)
             inside = in_window(window, self.now().time())
         except TileDeltaError as exc:
-            return Decision("failed", f"check failed: {_one_line(exc)}")
+            return Decision("failed", f"check failed: {_one_line(exc)}", error=exc)
         except Exception as exc:  # an unexpected error must not end the watcher
-            return Decision("failed", f"check failed: {type(exc).__name__}: {_one_line(exc)}")
+            return Decision(
+                "failed", f"check failed: {type(exc).__name__}: {_one_line(exc)}", error=exc
+            )
         if not inside:
             touched = (
                 "unknown"
@@ -296,9 +301,11 @@ class Watcher:
 
             changes = detect_changes(project, target=self.target)
         except TileDeltaError as exc:
-            return Decision("failed", f"check failed: {_one_line(exc)}")
+            return Decision("failed", f"check failed: {_one_line(exc)}", error=exc)
         except Exception as exc:
-            return Decision("failed", f"check failed: {type(exc).__name__}: {_one_line(exc)}")
+            return Decision(
+                "failed", f"check failed: {type(exc).__name__}: {_one_line(exc)}", error=exc
+            )
         if not changes.any:
             self.clean = sig if sig is not None and sig.settled() else None
             return Decision("no-change", "no change in the data")
@@ -308,15 +315,31 @@ class Watcher:
         except LockedError as exc:
             return Decision("locked", f"skipped: {_one_line(exc)}")
         except TileDeltaError as exc:
-            return Decision("failed", f"update failed: {_one_line(exc)}", ran=True)
+            return Decision("failed", f"update failed: {_one_line(exc)}", ran=True, error=exc)
         except Exception as exc:
             msg = f"update failed: {type(exc).__name__}: {_one_line(exc)}"
-            return Decision("failed", msg, ran=True)
+            return Decision("failed", msg, ran=True, error=exc)
         # Inputs as they were before detection: edits made during the run are seen next time.
         self.clean = sig if sig is not None and sig.settled() else None
         return Decision("updated", self._describe_result(result), result, ran=True)
 
     def _run(self, project: Project) -> dict:
+        # The watcher sends the notifications itself (failures once per distinct error),
+        # so the run must not send its own.
+        notify_cfg = project.config.notify
+        project.config.notify = None
+        try:
+            result = self._run_target(project)
+        finally:
+            project.config.notify = notify_cfg
+        if notify_cfg is not None:
+            from tiledelta.notify import notify
+
+            folder = result.get("run_folder")
+            notify(project, result, ok=True, folder=Path(folder) if folder else None)
+        return result
+
+    def _run_target(self, project: Project) -> dict:
         if self.target == "arcgis":
             from tiledelta.arcgis.cache import update_server
 
@@ -324,12 +347,9 @@ class Watcher:
         from tiledelta.update import update
 
         kw: dict = {}
-        if self.max_tiles_per_second:
-            throttle = Throttle(self.max_tiles_per_second)
-            if "throttle" in inspect.signature(update).parameters:
-                kw["throttle"] = throttle.wait  # paces the tasks handed to the workers
-            else:
-                kw["progress"] = throttle.progress()  # paces the parent (exact with 1 process)
+        if self.max_tiles_per_second and not runner_throttles():
+            # paces the parent after each chunk: exact with one render process only
+            kw["progress"] = Throttle(self.max_tiles_per_second).progress()
         t0 = time.monotonic()
         result = update(project, **kw)
         result["watch_seconds"] = round(time.monotonic() - t0, 3)
@@ -347,12 +367,20 @@ class Watcher:
             f"in {secs:.1f} s{rate}"
         )
 
-    def _notify(self, message: str) -> None:
-        hook = self.on_failure or notify_hook()
-        if hook is None:
-            return
+    def _notify_failure(self, d: Decision) -> None:
+        """Tell ``on_failure``, or the project's ``[notify]`` channels (never raises)."""
         try:
-            hook(self.project_dir, message)
+            if self.on_failure is not None:
+                self.on_failure(self.project_dir, d.line)
+                return
+            from tiledelta.notify import notify
+
+            project = Project.load(self.project_dir)  # [notify] needs only the TOML
+            if project.config.notify is None:
+                return
+            kind = "update" if d.ran else "watch"
+            summary = {"kind": kind, "error": d.line.split(": ", 1)[1]}
+            notify(project, summary, ok=False, folder=None)
         except Exception as exc:  # a broken notifier must not stop the watcher
             self.say(self._stamp(f"notification failed: {_one_line(exc)}"))
 
@@ -360,15 +388,11 @@ class Watcher:
         return f"{self.now():%Y-%m-%d %H:%M:%S} {line}"
 
 
-def notify_hook() -> Callable[[Path, str], None] | None:
-    """``tiledelta.notify.run_failed(project_dir, message)`` when that module exists."""
-    try:
-        from tiledelta import notify  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if exc.name not in ("tiledelta.notify", None):
-            raise
-        return None
-    return getattr(notify, "run_failed", None) or getattr(notify, "notify", None)
+def runner_throttles() -> bool:
+    """True when the runner paces its task feed by ``[render] max_tiles_per_second``."""
+    from tiledelta.project import RenderConfig
+
+    return "max_tiles_per_second" in RenderConfig.model_fields
 
 
 def describe(changes) -> str:
@@ -423,6 +447,7 @@ def watch(
         raise ConfigError(f"--max-workers {max_workers}: must be 1 or more")
     if max_tiles_per_second is not None:
         Throttle(max_tiles_per_second)  # validates
+    Project.load(Path(project_dir))  # no tiledelta.toml: one error now, not one per poll
     w = Watcher(
         Path(project_dir),
         window=check_window(window),
@@ -447,6 +472,13 @@ def watch(
             + " (Ctrl-C stops)"
         )
     )
+    if max_tiles_per_second and max_workers != 1 and not runner_throttles():
+        say(
+            w._stamp(
+                "note: this build paces only the writing parent; with several render "
+                "processes use --max-workers 1 for an exact tiles/s cap"
+            )
+        )
     polls = runs = 0
     try:
         while True:

@@ -429,16 +429,6 @@ def _sr_name(sr: Any) -> str:
     return "no spatial reference"
 
 
-def _data_extent(layers) -> Bounds | None:
-    boxes = [d.bounds for d in layers.values() if len(d)]
-    if not boxes:
-        return None
-    b = np.concatenate(boxes)
-    return Bounds(
-        float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
-    )
-
-
 def _safe_filename(name: str) -> str:
     base = Path(name.replace("\\", "/")).name
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
@@ -1144,6 +1134,7 @@ class Emulator:
         from tiledelta.api import load_project
         from tiledelta.project import Project
         from tiledelta.seed import read_layers
+        from tiledelta.sources import data_extent
 
         svc.path.parent.mkdir(parents=True, exist_ok=True)
         staging = svc.path.parent / f".{svc.name}.staging-{secrets.token_hex(4)}"
@@ -1197,7 +1188,7 @@ class Emulator:
                 project.open_store(create=True).close()
             except TileDeltaError as exc:
                 raise JobFailed(f"the map cache does not fit the new service: {exc}") from None
-            extent = _data_extent(read_layers(project)) or project.extent or project.scheme.extent
+            extent = data_extent(read_layers(project)) or project.extent or project.scheme.extent
             doc = {
                 **{k: v for k, v in info.items() if k != "extent"},
                 "folder": svc.folder,
