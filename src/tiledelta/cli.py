@@ -436,6 +436,78 @@ def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool
 
 
 @main.command()
+@project_option
+@click.option(
+    "--every", default="10m", show_default=True, help="Poll interval: 30s, 10m, 1h, 1h30m."
+)
+@click.option(
+    "--window",
+    default=None,
+    help="Update only between HH:MM-HH:MM local time (may wrap past midnight), "
+    "e.g. 22:00-06:00. With --target arcgis: [arcgis] quiet_hours by default.",
+)
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Stop after N runs.")
+@click.option(
+    "--target",
+    type=click.Choice(["local", "arcgis"]),
+    default="local",
+    show_default=True,
+    help="local: re-render into the project's cache; arcgis: send server cache jobs.",
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Render processes (overrides [render] processes).",
+)
+@click.option(
+    "--max-tiles-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Pace rendering to at most this many tiles per second (shared machines).",
+)
+def watch(
+    project_dir: Path,
+    every: str,
+    window: str | None,
+    max_runs: int | None,
+    target: str,
+    max_workers: int | None,
+    max_tiles_per_second: float | None,
+) -> None:
+    """Poll the sources; update the cache whenever the data changed (Ctrl-C stops)."""
+    from tiledelta.watch import parse_every
+    from tiledelta.watch import watch as do_watch
+
+    do_watch(
+        project_dir,
+        every=parse_every(every),
+        window=window,
+        max_runs=max_runs,
+        target=target,
+        max_workers=max_workers,
+        max_tiles_per_second=max_tiles_per_second,
+        say=click.echo,
+    )
+
+
+@main.command()
+@project_option
+@json_option
+def doctor(project_dir: Path, as_json: bool) -> None:
+    """Check Mapnik, fonts, datasources, style, scheme, cache and ArcGIS settings."""
+    from tiledelta.doctor import exit_code, report, run_checks
+
+    checks = run_checks(project_dir)
+    if as_json:
+        _echo_json(report(checks))
+    else:
+        for check in checks:
+            click.echo(check.line())
+    click.get_current_context().exit(exit_code(checks))
+
+
+@main.command()
 @click.argument(
     "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("sample-project")
 )

@@ -37,6 +37,9 @@ class RenderConfig(BaseModel):
     metatile: int = Field(4, ge=1, le=16)
     buffer: int = Field(64, ge=0, le=1024)
     processes: int = Field(0, ge=0, description="0 = all cores")
+    max_tiles_per_second: float | None = Field(
+        None, gt=0, description="cap on the render rate, for shared machines"
+    )
     extent: tuple[float, float, float, float] | None = None
 
 

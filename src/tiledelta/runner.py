@@ -92,12 +92,15 @@ def run_plan(
     processes: int = 0,
     compare: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    throttle: Callable[[int], None] | None = None,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
     Blank tiles are not stored. With ``compare`` (updates), tiles whose bytes
     equal the stored ones are left alone and stored tiles that became blank are
     deleted. ``progress(done, total)`` is called with tile counts after each chunk.
+    ``throttle(n)`` is called with a chunk's tile count before the chunk goes to a
+    worker; it sleeps to cap the render rate (:class:`tiledelta.watch.Throttle`).
     """
     stats = RunStats(metatiles=plan.metatile_count)
     tasks, per_group = _tasks(scheme, plan)
@@ -141,6 +144,13 @@ def run_plan(
             if progress:
                 progress(done[0], total)
 
+    def feed() -> Iterator:
+        for _key, task in tasks:
+            if throttle:
+                throttle(sum(len(w) if w else meta * meta for _r, _c, w in task[1]))
+            yield task
+
+    meta = plan.metatile
     nproc = min(worker_count(processes), len(tasks))
     log.info(
         "rendering %d meta-tiles in %d tasks with %d process(es)",
@@ -150,11 +160,11 @@ def run_plan(
     )
     if nproc <= 1:
         _init(style, scheme, layers, settings)
-        consume(_work(t) for _k, t in tasks)
+        consume(_work(t) for t in feed())
         return stats
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(nproc, initializer=_init, initargs=(style, scheme, layers, settings)) as pool:
-        consume(pool.imap(_work, [t for _k, t in tasks], chunksize=1))
+        consume(pool.imap(_work, feed(), chunksize=1))
     return stats
 
 
@@ -167,7 +177,15 @@ def run_project_plan(
     compare: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> RunStats:
-    """:func:`run_plan` with the project's style, scheme, settings and process count."""
+    """:func:`run_plan` with the project's style, scheme, settings, process count and
+    tile-rate cap."""
+    rate = project.config.render.max_tiles_per_second
+    if rate:
+        from tiledelta.watch import Throttle
+
+        throttle = Throttle(rate).wait
+    else:
+        throttle = None
     return run_plan(
         project.style,
         project.scheme,
@@ -178,4 +196,5 @@ def run_project_plan(
         processes=project.config.render.processes,
         compare=compare,
         progress=progress,
+        throttle=throttle,
     )
