@@ -5,11 +5,14 @@
   or modified feature (``"change": "new"``) and the box where every deleted or modified
   feature was (``"change": "old"``; the snapshot keeps boxes, not geometries).
 - ``tiles.json`` (updates): the tiles written or removed, per level.
+- ``before.sqlite`` (updates): the bytes those tiles had before (NULL: no tile), for
+  the viewer's before/after swipe; kept up to :data:`BEFORE_LIMIT` bytes.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +100,58 @@ def write_run(
             per_level.setdefault(str(lv), []).append([int(r), int(c)])
         (folder / "tiles.json").write_text(json.dumps({"levels": per_level}))
     return folder
+
+
+BEFORE_LIMIT = 256 * 2**20
+BEFORE_FILE = "before.sqlite"
+
+
+class BeforeTiles:
+    """Collects the tiles an update replaces, into a SQLite file moved into the run folder."""
+
+    def __init__(self, project: Project) -> None:
+        project.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = project.state_dir / ("pending-" + BEFORE_FILE)
+        self.path.unlink(missing_ok=True)
+        self._con = sqlite3.connect(self.path)
+        self._con.execute(
+            "CREATE TABLE tiles (level INTEGER, row INTEGER, col INTEGER, data BLOB, "
+            "PRIMARY KEY (level, row, col))"
+        )
+        self.bytes = 0
+        self.complete = True
+
+    def __call__(self, items: list) -> None:
+        size = sum(len(d) for _a, d in items if d)
+        if self.bytes + size > BEFORE_LIMIT:
+            self.complete = False
+            return
+        self.bytes += size
+        with self._con:
+            self._con.executemany(
+                "INSERT OR IGNORE INTO tiles VALUES (?, ?, ?, ?)",
+                [(lv, r, c, d) for (lv, r, c), d in items],
+            )
+
+    def move_to(self, folder: Path) -> None:
+        self._con.close()
+        self.path.replace(folder / BEFORE_FILE)
+
+    def discard(self) -> None:
+        self._con.close()
+        self.path.unlink(missing_ok=True)
+
+
+def before_tile(folder: Path, level: int, row: int, col: int) -> tuple[bool, bytes | None]:
+    """(known, bytes) of a tile before the run: known=False when the run did not touch it."""
+    path = folder / BEFORE_FILE
+    if not path.is_file():
+        return False, None
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row_ = con.execute(
+            "SELECT data FROM tiles WHERE level=? AND row=? AND col=?", (level, row, col)
+        ).fetchone()
+    finally:
+        con.close()
+    return (False, None) if row_ is None else (True, row_[0])

@@ -93,12 +93,15 @@ def run_plan(
     compare: bool = False,
     progress: Callable[[int, int], None] | None = None,
     throttle: Callable[[int], None] | None = None,
+    before: Callable[[list], None] | None = None,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
     Blank tiles are not stored. With ``compare`` (updates), tiles whose bytes
     equal the stored ones are left alone and stored tiles that became blank are
     deleted. ``progress(done, total)`` is called with tile counts after each chunk.
+    ``before([(addr, old_bytes_or_None), ...])`` receives what each write replaces
+    (updates keep it for the viewer's before/after swipe).
     ``throttle(n)`` is called with a chunk's tile count before the chunk goes to a
     worker; it sleeps to cap the render rate (:class:`tiledelta.watch.Throttle`).
     """
@@ -130,6 +133,8 @@ def run_plan(
                 stats.tiles_written += 1
                 stats.count_level(lv)
         if writes:
+            if before is not None:
+                before([((lv, r, c), old.get((lv, r, c))) for lv, r, c, _ in writes])
             store.put_many(writes)
             if compare:
                 stats.changed.extend((lv, r, c) for lv, r, c, _ in writes)
@@ -176,6 +181,7 @@ def run_project_plan(
     *,
     compare: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    before: Callable[[list], None] | None = None,
 ) -> RunStats:
     """:func:`run_plan` with the project's style, scheme, settings, process count and
     tile-rate cap."""
@@ -197,4 +203,5 @@ def run_project_plan(
         compare=compare,
         progress=progress,
         throttle=throttle,
+        before=before,
     )

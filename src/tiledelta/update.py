@@ -22,7 +22,7 @@ import numpy as np
 from tiledelta.errors import LockedError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
-from tiledelta.runlog import write_run
+from tiledelta.runlog import BeforeTiles, write_run
 from tiledelta.runner import RunStats, run_project_plan
 from tiledelta.seed import full_plan, read_layers, seed, summary
 from tiledelta.snapshot import (
@@ -231,11 +231,18 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
         _write_journal(project, changes.boxes())
         stats = RunStats()
         scheme = project.scheme
+        keep_before = BeforeTiles(project)
         top = max(project.levels + changes.dropped_levels)
         with project.open_store(max_level=top) as store:
             if plan.metatile_count:
                 stats = run_project_plan(
-                    project, layers, plan, store, compare=True, progress=progress
+                    project,
+                    layers,
+                    plan,
+                    store,
+                    compare=True,
+                    progress=progress,
+                    before=keep_before,
                 )
             for level in changes.dropped_levels:
                 gone = [(lv, r, c, None) for lv, r, c in store.iter_tiles(level)]
@@ -275,6 +282,8 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
             project, run_id, result, changes=changes, layers=layers, tiles=stats.changed
         )
         result["run_folder"] = str(folder)
+        keep_before.move_to(folder)
+        result["before_tiles_complete"] = keep_before.complete
         from tiledelta.report import try_write_report
 
         try_write_report(project, folder, layers=layers)
