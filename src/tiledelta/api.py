@@ -14,6 +14,7 @@ def load_project(directory: Path | str) -> Project:
     from tiledelta.style import validate
 
     project = Project.load(Path(directory))
+    project.check()
     validate(project.style)  # errors surface before any work
     project.levels  # noqa: B018
     return project

@@ -29,6 +29,8 @@ class CacheConfig(BaseModel):
     path: str = "cache"
     format: Literal["png", "png8", "jpeg", "mixed"] = "png"
     quality: int = Field(75, ge=1, le=100)
+    #: "store": keep background-only tiles too (over [render] extent), one copy per bundle
+    blank_tiles: Literal["skip", "store"] = "skip"
 
 
 class RenderConfig(BaseModel):
@@ -155,6 +157,14 @@ class Project:
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
+
+    def check(self) -> None:
+        """Cross-field rules the field types cannot express."""
+        if self.config.cache.blank_tiles == "store" and self.config.render.extent is None:
+            raise ConfigError(
+                f'{self.root / PROJECT_FILE}: cache.blank_tiles = "store" needs '
+                "render.extent (the area whose blank tiles are stored)"
+            )
 
     @property
     def extent(self) -> Bounds | None:

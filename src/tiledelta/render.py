@@ -139,6 +139,16 @@ class Renderer:
         mapnik.render(self.map, im)
         return im.get_pixel(0, 0)
 
+    def blank_tile(self) -> bytes:
+        """One tile of pure background, encoded like every other tile."""
+        for lyr in self.map.layers:
+            lyr.datasource = mapnik.MemoryDatasource()
+        self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
+        im = mapnik.Image(*self.size)
+        mapnik.render(self.map, im)
+        view = im.view(0, 0, self.scheme.tile_width, self.scheme.tile_height)
+        return encode(view, self.settings, opaque=(self.background >> 24) & 0xFF == 255)
+
     def _feature(self, name: str, i: int):
         f = self._features[name][i]
         if f is None:

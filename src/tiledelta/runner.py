@@ -27,6 +27,45 @@ CHUNK = 8  # meta-tiles per task
 _renderer: Renderer | None = None
 
 
+@dataclass(frozen=True)
+class BlankFill:
+    """Background-only tiles to store: their bytes, and per level the inclusive
+    (row0, row1, col0, col1) range they cover."""
+
+    data: bytes
+    ranges: dict[int, tuple[int, int, int, int]]
+
+    def covers(self, level: int, row: int, col: int) -> bool:
+        rng = self.ranges.get(level)
+        return rng is not None and rng[0] <= row <= rng[1] and rng[2] <= col <= rng[3]
+
+
+def fill_blanks(store, blank: BlankFill, levels: list[int]) -> int:
+    """Store ``blank.data`` at every covered address of ``levels`` that holds no tile.
+
+    Works band by band (128 rows, one bundle row), so each bundle is written once.
+    """
+    n = 0
+    for level in levels:
+        rng = blank.ranges.get(level)
+        if rng is None:
+            continue
+        have = set(store.iter_tiles(level))
+        r0, r1, c0, c1 = rng
+        for band in range(r0 - r0 % BUNDLE, r1 + 1, BUNDLE):
+            rows = range(max(band, r0), min(band + BUNDLE - 1, r1) + 1)
+            missing = [
+                (level, r, c, blank.data)
+                for r in rows
+                for c in range(c0, c1 + 1)
+                if (level, r, c) not in have
+            ]
+            if missing:
+                store.put_many(missing)
+                n += len(missing)
+    return n
+
+
 @dataclass
 class RunStats:
     tiles_rendered: int = 0  # tiles cut from rendered meta-tiles (blank ones included)
@@ -37,6 +76,7 @@ class RunStats:
     metatiles: int = 0
     levels: dict[int, int] = field(default_factory=dict)  # level -> tiles written (seed)
     changed: list[tuple[int, int, int]] = field(default_factory=list)  # written or removed
+    tiles_blank_stored: int = 0  # background-only tiles filled in (blank_tiles = "store")
 
     def count_level(self, level: int) -> None:
         self.levels[level] = self.levels.get(level, 0) + 1
@@ -94,12 +134,14 @@ def run_plan(
     progress: Callable[[int, int], None] | None = None,
     throttle: Callable[[int], None] | None = None,
     before: Callable[[list], None] | None = None,
+    blank: BlankFill | None = None,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
     Blank tiles are not stored. With ``compare`` (updates), tiles whose bytes
     equal the stored ones are left alone and stored tiles that became blank are
     deleted. ``progress(done, total)`` is called with tile counts after each chunk.
+    With ``blank``, background-only tiles inside its ranges are stored as its bytes.
     ``before([(addr, old_bytes_or_None), ...])`` receives what each write replaces
     (updates keep it for the viewer's before/after swipe).
     ``throttle(n)`` is called with a chunk's tile count before the chunk goes to a
@@ -123,10 +165,15 @@ def run_plan(
             prev = old.get((lv, r, c))
             if data is None:
                 stats.tiles_blank += 1
-                if prev is not None:
+                if blank is not None and blank.covers(lv, r, c):
+                    data = blank.data
+                elif prev is not None:
                     writes.append((lv, r, c, None))
                     stats.tiles_removed += 1
-            elif prev == data:
+                    continue
+                else:
+                    continue
+            if prev == data:
                 stats.tiles_unchanged += 1
             else:
                 writes.append((lv, r, c, data))
@@ -182,6 +229,7 @@ def run_project_plan(
     compare: bool = False,
     progress: Callable[[int, int], None] | None = None,
     before: Callable[[list], None] | None = None,
+    blank: BlankFill | None = None,
 ) -> RunStats:
     """:func:`run_plan` with the project's style, scheme, settings, process count and
     tile-rate cap."""
@@ -204,4 +252,20 @@ def run_project_plan(
         progress=progress,
         throttle=throttle,
         before=before,
+        blank=blank,
     )
+
+
+def blank_fill(project) -> BlankFill | None:
+    """The project's blank-tile rule: None unless ``[cache] blank_tiles = "store"``."""
+    if project.config.cache.blank_tiles != "store" or project.extent is None:
+        return None
+    from tiledelta.grid import tile_range
+
+    renderer = Renderer(project.style, project.scheme, {}, project.settings)
+    ranges = {}
+    for level in project.levels:
+        rng = tile_range(project.scheme, level, project.extent, touch=False)
+        if rng is not None:
+            ranges[level] = rng
+    return BlankFill(renderer.blank_tile(), ranges)

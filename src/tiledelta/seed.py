@@ -12,7 +12,7 @@ from tiledelta.errors import CacheError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
 from tiledelta.runlog import write_run
-from tiledelta.runner import RunStats, run_project_plan
+from tiledelta.runner import RunStats, blank_fill, fill_blanks, run_project_plan
 from tiledelta.sources import LayerData, data_extent, read_layer
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,10 @@ def seed(
         ) as store:
             if hasattr(store, "set_extent"):
                 store.set_extent(data_extent(layers) or scheme.extent)
-            stats = run_project_plan(project, layers, plan, store, progress=progress)
+            blank = blank_fill(project)
+            stats = run_project_plan(project, layers, plan, store, progress=progress, blank=blank)
+            if blank is not None:
+                stats.tiles_blank_stored = fill_blanks(store, blank, levels)
         _swap_in(building, final)
     except BaseException:
         if building.exists():
@@ -144,6 +147,7 @@ def summary(
         "tiles_unchanged": stats.tiles_unchanged,
         "tiles_removed": stats.tiles_removed,
         "tiles_blank": stats.tiles_blank,
+        "tiles_blank_stored": stats.tiles_blank_stored,
         "seconds": round(seconds, 3),
         "stages": {k: round(v, 3) for k, v in (stages or {}).items()},
     }

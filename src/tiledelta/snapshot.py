@@ -73,6 +73,7 @@ def build_signature(project: Project, levels: list[int]) -> dict:
             "buffer": s.buffer,
             "format": s.fmt,
             "quality": s.quality,
+            "blank_tiles": project.config.cache.blank_tiles,
         },
         "extent": list(project.extent) if project.extent else None,
         "keys": {lyr.name: project.key_field(lyr.name) for lyr in project.style.layers},

@@ -23,7 +23,7 @@ from tiledelta.errors import LockedError
 from tiledelta.plan import TilePlan, plan_for_boxes
 from tiledelta.project import Project
 from tiledelta.runlog import BeforeTiles, write_run
-from tiledelta.runner import RunStats, run_project_plan
+from tiledelta.runner import RunStats, blank_fill, fill_blanks, run_project_plan
 from tiledelta.seed import full_plan, read_layers, seed, summary
 from tiledelta.snapshot import (
     LayerChange,
@@ -232,6 +232,7 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
         stats = RunStats()
         scheme = project.scheme
         keep_before = BeforeTiles(project)
+        blank = blank_fill(project)
         top = max(project.levels + changes.dropped_levels)
         with project.open_store(max_level=top) as store:
             if plan.metatile_count:
@@ -243,7 +244,10 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
                     compare=True,
                     progress=progress,
                     before=keep_before,
+                    blank=blank,
                 )
+            if blank is not None and changes.new_levels:
+                stats.tiles_blank_stored = fill_blanks(store, blank, changes.new_levels)
             for level in changes.dropped_levels:
                 gone = [(lv, r, c, None) for lv, r, c in store.iter_tiles(level)]
                 if gone:
