@@ -155,7 +155,16 @@ class Session:
         self.page = self.ctx.new_page()
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-        self.page.on("requestfailed", lambda req: self.failed.append(req.url))
+        # Leaflet cancels tile loads that a zoom or pan made useless (net::ERR_ABORTED):
+        # that is the browser working as meant, not a failure.
+        self.page.on(
+            "requestfailed",
+            lambda req: (
+                None
+                if "ERR_ABORTED" in (req.failure or "")
+                else self.failed.append(f"{req.url} ({req.failure})")
+            ),
+        )
         self.page.on(
             "response", lambda r: r.status >= 400 and self.bad_status.append((r.status, r.url))
         )
