@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -37,6 +36,8 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tiledelta.credentials import Secret, env_value
 
 if TYPE_CHECKING:
     from tiledelta.project import Project
@@ -91,38 +92,10 @@ class NotifyError(Exception):
 # --- secrets ---------------------------------------------------------------------------------
 
 
-class _Secret:
-    """A string that prints as ``***``."""
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-
-def _env(project_root: Path, name: str) -> str | None:
-    """``name`` from the environment, else from ``project_root/.env``."""
-    value = os.environ.get(name)
-    if value:
-        return value
-    env_file = project_root / ".env"
-    if env_file.is_file():
-        from dotenv import dotenv_values
-
-        return dotenv_values(env_file).get(name) or None
-    return None
-
-
-def smtp_credentials(project_root: Path) -> tuple[str, _Secret] | None:
+def smtp_credentials(project_root: Path) -> tuple[str, Secret] | None:
     """``SMTP_USERNAME`` / ``SMTP_PASSWORD`` (environment, then ``.env``), or None."""
-    user = _env(project_root, "SMTP_USERNAME")
-    password = _env(project_root, "SMTP_PASSWORD")
+    user = env_value(project_root, "SMTP_USERNAME")
+    password = env_value(project_root, "SMTP_PASSWORD")
     if not user and not password:
         return None
     if not user or not password:
@@ -130,7 +103,7 @@ def smtp_credentials(project_root: Path) -> tuple[str, _Secret] | None:
             "notify: SMTP_USERNAME and SMTP_PASSWORD must both be set; sending without AUTH"
         )
         return None
-    return user, _Secret(password)
+    return user, Secret(password)
 
 
 def _redact_url(url: str) -> str:
@@ -300,7 +273,7 @@ def send_webhook(
     """Post the run to the webhook; return what was sent. Raises :class:`NotifyError`."""
     import httpx
 
-    url = cfg.url or _env(project.root, WEBHOOK_URL_ENV)
+    url = cfg.url or env_value(project.root, WEBHOOK_URL_ENV)
     if not url:
         raise NotifyError(f"webhook has no url: set url or {WEBHOOK_URL_ENV}")
     shown = _redact_url(url)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from tiledelta.credentials import Secret, env_value
 from tiledelta.errors import TileDeltaError
 
 log = logging.getLogger(__name__)
@@ -32,38 +32,14 @@ class ArcGISError(TileDeltaError):
     """The server refused, failed, or could not be reached."""
 
 
-class Secret:
-    """A string that prints as ``***``."""
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
 def load_credentials(project_root: Path) -> tuple[str, Secret]:
     """ARCGIS_USERNAME / ARCGIS_PASSWORD from the environment or ``project_root/.env``."""
-    env_file = project_root / ".env"
-    values: dict[str, str] = {}
-    if env_file.is_file():
-        from dotenv import dotenv_values
-
-        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    user = os.environ.get("ARCGIS_USERNAME") or values.get("ARCGIS_USERNAME")
-    password = os.environ.get("ARCGIS_PASSWORD") or values.get("ARCGIS_PASSWORD")
+    user = env_value(project_root, "ARCGIS_USERNAME")
+    password = env_value(project_root, "ARCGIS_PASSWORD")
     if not user or not password:
         raise ArcGISError(
             "ArcGIS credentials missing: set ARCGIS_USERNAME and ARCGIS_PASSWORD in the "
-            f"environment or in {env_file} (see sample.env)"
+            f"environment or in {project_root / '.env'} (see sample.env)"
         )
     return user, Secret(password)
 

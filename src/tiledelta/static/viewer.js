@@ -54,7 +54,7 @@
     return L.latLngBounds([lat(row + 1), (col / n) * 360 - 180], [lat(row), ((col + 1) / n) * 360 - 180]);
   }
 
-  function legend(run, nChanges, withTiles) {
+  function legend(run, nChanges, withTiles, withSwipe) {
     var ctl = L.control({ position: "topright" });
     ctl.onAdd = function () {
       var div = L.DomUtil.create("div", "legend");
@@ -73,13 +73,113 @@
           state.map.fitBounds(state.changes.getBounds(), { padding: [30, 30] });
         });
       }
+      if (withSwipe) {
+        var t = L.DomUtil.create("button", "td-swipe-toggle", div);
+        t.type = "button";
+        t.textContent = "Before / after";
+        t.title = "Compare the tiles before the last run (left) with now (right)";
+        t.setAttribute("aria-pressed", "false");
+        L.DomEvent.on(t, "click", function (e) {
+          L.DomEvent.stop(e);
+          t.setAttribute("aria-pressed", String(state.swipe.toggle()));
+        });
+      }
       L.DomEvent.disableClickPropagation(div);
       return div;
     };
     return ctl;
   }
 
-  function start(svc, changes, tiles, summary) {
+  // Before/after swipe: the tiles as they were before the last run (runs/latest/before/...,
+  // in their own pane) left of a draggable divider, the current tiles right of it. Both
+  // panes are clipped with CSS `clip` in layer coordinates, recomputed on every move, zoom
+  // and resize (panning shifts the panes, so a fixed clip would drift with the map).
+  function swipe(map, options) {
+    var beforePane = map.createPane("tdBefore");
+    beforePane.style.zIndex = 250; // above the current tiles (200), below the overlays
+    var afterPane = map.getPane("tilePane");
+    var layer = L.tileLayer("runs/latest/before/{z}/{x}/{y}." + options.ext, {
+      pane: "tdBefore",
+      minZoom: options.minZoom,
+      maxZoom: options.maxZoom,
+      bounds: options.bounds,
+    });
+    var s = { on: false, ratio: 0.5, x: null, layer: layer };
+
+    var bar = L.DomUtil.create("div", "td-swipe", map.getContainer());
+    bar.hidden = true;
+    bar.innerHTML =
+      '<span class="td-swipe-label td-swipe-before">before</span>' +
+      '<span class="td-swipe-label td-swipe-after">after</span>';
+    var handle = L.DomUtil.create("div", "td-swipe-handle", bar);
+    handle.tabIndex = 0;
+    handle.setAttribute("role", "slider");
+    handle.setAttribute("aria-label", "Before / after divider");
+    handle.title = "Drag: before on the left, after on the right";
+    L.DomEvent.disableClickPropagation(bar);
+    L.DomEvent.disableScrollPropagation(bar);
+
+    function clip() {
+      if (!s.on) return;
+      var size = map.getSize();
+      s.x = Math.round(Math.max(0, Math.min(1, s.ratio)) * size.x);
+      var nw = map.containerPointToLayerPoint([0, 0]);
+      var se = map.containerPointToLayerPoint(size);
+      var mid = nw.x + s.x;
+      beforePane.style.clip = "rect(" + [nw.y, mid, se.y, nw.x].join("px, ") + "px)";
+      afterPane.style.clip = "rect(" + [nw.y, se.x, se.y, mid].join("px, ") + "px)";
+      bar.style.left = s.x + "px";
+      // a label that would not fit between the divider and the map's edge is hidden
+      L.DomUtil[s.x < 90 ? "addClass" : "removeClass"](bar, "td-swipe-at-left");
+      L.DomUtil[size.x - s.x < 90 ? "addClass" : "removeClass"](bar, "td-swipe-at-right");
+      handle.setAttribute("aria-valuenow", Math.round(s.ratio * 100));
+    }
+
+    function moveTo(clientX) {
+      var box = map.getContainer().getBoundingClientRect();
+      s.ratio = box.width ? (clientX - box.left) / box.width : 0.5;
+      clip();
+    }
+
+    L.DomEvent.on(handle, "pointerdown", function (e) {
+      L.DomEvent.stop(e);
+      handle.setPointerCapture(e.pointerId);
+      L.DomUtil.addClass(bar, "td-swipe-dragging");
+    });
+    L.DomEvent.on(handle, "pointermove", function (e) {
+      if (handle.hasPointerCapture(e.pointerId)) moveTo(e.clientX);
+    });
+    L.DomEvent.on(handle, "pointerup pointercancel", function (e) {
+      if (handle.hasPointerCapture(e.pointerId)) handle.releasePointerCapture(e.pointerId);
+      L.DomUtil.removeClass(bar, "td-swipe-dragging");
+    });
+    L.DomEvent.on(handle, "keydown", function (e) {
+      var step = { ArrowLeft: -0.05, ArrowRight: 0.05 }[e.key];
+      if (!step) return;
+      L.DomEvent.stop(e); // the map would pan on arrow keys
+      s.ratio = Math.max(0, Math.min(1, s.ratio + step));
+      clip();
+    });
+    map.on("move zoom zoomend viewreset resize", clip);
+
+    s.setRatio = function (r) { s.ratio = r; clip(); };
+    s.toggle = function (on) {
+      s.on = on === undefined ? !s.on : !!on;
+      bar.hidden = !s.on;
+      if (s.on) {
+        layer.addTo(map);
+        clip();
+      } else {
+        map.removeLayer(layer);
+        beforePane.style.clip = afterPane.style.clip = "";
+        s.x = null;
+      }
+      return s.on;
+    };
+    return s;
+  }
+
+  function start(svc, changes, tiles, summary, before) {
     document.title = svc.name + " \u2013 tiledelta";
     document.getElementById("name").textContent = svc.name;
     var levels = svc.levels.slice().sort(function (a, b) { return a - b; });
@@ -106,6 +206,14 @@
         bounds: extent,
         attribution: "tiledelta cache",
       }).addTo(map);
+      // Offered after an update that kept the tiles it replaced (before.json answers).
+      if (before && !before.missing && before.tiles > 0) {
+        state.swipe = swipe(map, { ext: ext, minZoom: minZ, maxZoom: maxZ, bounds: extent });
+        if (!before.complete) {
+          notice("The last run kept only part of the tiles it replaced (its before.sqlite " +
+            "is capped): the \u201cbefore\u201d side lacks some changed tiles.");
+        }
+      }
     } else {
       notice(
         "This cache uses the <b>" + esc(svc.scheme) + "</b> tiling scheme; the browser viewer " +
@@ -183,12 +291,19 @@
 
     var run = summary && summary.run != null ? "Last run #" + summary.run : "Last run";
     L.control.layers(null, overlays, { collapsed: false }).addTo(map);
-    legend(run, nChanges, svc.web_mercator).addTo(map);
+    legend(run, nChanges, svc.web_mercator, !!state.swipe).addTo(map);
     map.on("zoomend", drawTiles);
     if (svc.web_mercator || !nChanges) map.fitBounds(extent);
     else map.fitBounds(state.changes.getBounds(), { padding: [30, 30] });
     drawTiles();
     state.ready = true;
+  }
+
+  // A run that changed tiles: an update (or a rebuild), not a seed.
+  function isUpdate(summary) {
+    if (!summary || summary.missing) return false;
+    if (summary.kind) return /^(update|rebuild)$/.test(summary.kind);
+    return "changes" in summary;
   }
 
   Promise.all([
@@ -197,7 +312,13 @@
     getJSON("runs/latest/tiles.json", true),
     getJSON("runs/latest/summary.json", true),
   ])
-    .then(function (r) { start(r[0], r[1], r[2], r[3]); })
+    .then(function (r) {
+      // The before tiles are only asked about after an update of a Web Mercator cache.
+      var before = r[0].web_mercator && isUpdate(r[3])
+        ? getJSON("runs/latest/before.json", true)
+        : null;
+      return Promise.resolve(before).then(function (b) { start(r[0], r[1], r[2], r[3], b); });
+    })
     .catch(function (err) {
       state.error = String(err);
       notice("The viewer could not start: " + esc(err.message || err));
