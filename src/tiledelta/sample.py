@@ -234,9 +234,11 @@ def apply_edits(folder: Path) -> list[str]:
     i = f["name"].index("Highway 30")
     geoms[i] = shapely.affinity.translate(geoms[i], 0, -60)
     done.append("moved Highway 30 60 m south")
-    j = f["name"].index("Duane St")
-    f["name"][j] = "Duane Street"
-    done.append("renamed Duane St to Duane Street")
+    old, new = ("Duane St", "Duane Street")
+    if old not in f["name"]:  # a second run renames it back
+        old, new = new, old
+    f["name"][f["name"].index(old)] = new
+    done.append(f"renamed {old} to {new}")
     _write(gpkg, "roads", geoms, f, "LineString")
 
     geoms, f = _read(gpkg, "buildings")
