@@ -250,3 +250,22 @@ def test_field_failures_get_advice() -> None:
     assert "Description" in advise("ERROR 001117: Map has no description")
     assert "register" in advise("00231: Layer's data source is not registered with the server")
     assert "delete it" in advise("Output .sd file already exists")
+
+
+def test_ctrl_c_while_waiting_cancels_the_server_job(site) -> None:
+    county, emu = site
+    edit_data(county, emu)
+    emu.faults.slow_job_seconds = 10
+
+    def interrupt(message: str) -> None:
+        if "server:" in message:  # the job is running on the server: press Ctrl-C
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        update_server(load_project(county), say=interrupt)
+    jobs = [j for j in emu.jobs.values() if "Manage Map Cache Tiles" in j.task]
+    assert jobs
+    assert jobs[-1].wait(timeout=15)
+    assert jobs[-1].status == "esriJobCancelled"
+    # Nothing advanced: the next run plans the same work again.
+    assert detect_changes(load_project(county), target="arcgis").any
