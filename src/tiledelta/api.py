@@ -108,6 +108,8 @@ def _split_layer(spec: str) -> tuple[str, str, str]:
 
 def project_info(project: Project) -> dict:
     """Scheme, levels, layers, cache and stored tiles per level."""
+    from tiledelta.sources import display_path
+
     scheme = project.scheme
     counts: dict[int, int] = {}
     if project.cache_path.exists():
@@ -127,7 +129,7 @@ def project_info(project: Project) -> dict:
         "layers": {
             lyr.name: {
                 "kind": lyr.kind,
-                "path": lyr.path,
+                "path": display_path(lyr),
                 "layer": lyr.layer,
                 "attributes": list(lyr.attributes),
                 "key": project.key_field(lyr.name),

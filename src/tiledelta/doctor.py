@@ -190,8 +190,17 @@ def _check_layer(project: Project, src) -> str:
 
     from tiledelta.sources import list_layers
 
-    where = src.path if src.path.startswith("PG:") else _short_path(project, Path(src.path))
-    if not src.path.startswith("PG:") and not Path(src.path).exists():
+    if src.kind == "postgis":
+        # Read it the way a build does (PostGIS goes through psycopg, not GDAL).
+        from tiledelta.sources import display_path, read_layer
+
+        try:
+            data = read_layer(src, project.scheme.crs, project.key_field(src.name))
+        except Exception as exc:
+            raise CheckFailed(_one_line(exc)) from exc
+        return f"{display_path(src)}: {len(data)} feature(s) read in key order"
+    where = _short_path(project, Path(src.path))
+    if not Path(src.path).exists():
         raise CheckFailed(
             f"{where} does not exist; fix the 'file' parameter of layer {src.name!r} in "
             f"{project.style.path.name}"

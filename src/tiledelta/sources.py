@@ -1,9 +1,11 @@
-"""Read each style layer's features with GDAL (pyogrio), in a stable order.
+"""Read each style layer's features, in a stable order.
 
-The order is the dataset's own full-scan order (file order for shapefiles,
-row order for GeoPackage/SQLite), never an index order, so that what Mapnik
-draws does not depend on where unrelated features are stored
-(docs: findings.md §2). Geometries are returned in the tiling scheme's CRS,
+Files are read with GDAL (pyogrio) in the dataset's own full-scan order (file order
+for shapefiles, row order for GeoPackage/SQLite), never an index order, so that what
+Mapnik draws does not depend on where unrelated features are stored
+(docs: findings.md §2). PostGIS tables are read with psycopg, ordered by their key
+(:mod:`tiledelta.postgis`). Both readers give a :class:`RawLayer`, which one code path
+turns into :class:`LayerData`. Geometries are returned in the tiling scheme's CRS,
 with their bounding boxes and a fingerprint of what the renderer sees.
 """
 
@@ -12,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import numpy as np
 import pyogrio
@@ -66,6 +71,15 @@ def _check_exists(src: LayerSource) -> None:
         )
 
 
+def display_path(src: LayerSource) -> str:
+    """Where a layer's data is, fit to print: a PostGIS connection without its password."""
+    if src.kind == "postgis":
+        from tiledelta.postgis import where
+
+        return where(src)
+    return src.path
+
+
 def describe(path: str, layer: str | None = None) -> dict:
     """Geometry type, fields, CRS and feature count of one dataset layer."""
     try:
@@ -94,11 +108,11 @@ def _short(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _transformer(src_crs: str | None, src: LayerSource, target: pyproj.CRS):
+def _transformer(src_crs: str | None, src: LayerSource, target: pyproj.CRS, label: str):
     crs_text = src_crs or src.srs
     if not crs_text:
         raise SourceError(
-            f"layer {src.name!r}: {src.path} has no coordinate system; add a .prj or set "
+            f"layer {src.name!r}: {label} has no coordinate system; add a .prj or set "
             'srs="epsg:NNNN" on the <Layer>'
         )
     try:
@@ -117,19 +131,31 @@ def _value(v):
         return None
     if isinstance(v, np.generic):
         return v.item()
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
+    if isinstance(v, bytes | memoryview):
+        return bytes(v).decode("utf-8", "replace")
+    if isinstance(v, Decimal):  # PostgreSQL numeric
+        return float(v)
+    if isinstance(v, UUID):
+        return str(v)
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return v
 
 
-def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> LayerData:
-    """Read every feature of ``src`` in full-scan order, reprojected to ``target_crs``.
+@dataclass
+class RawLayer:
+    """What a reader returns, in source order and source CRS, before :func:`read_layer`
+    drops empty geometries, reprojects, boxes and fingerprints."""
 
-    Features with no geometry are skipped (Mapnik draws nothing for them).
-    ``key`` names a field whose value identifies a feature across edits.
-    """
+    wkb: np.ndarray  # object array of WKB bytes (None for no geometry)
+    fields: dict[str, Any]  # attribute name -> values (array or list), the attributes wanted
+    ids: np.ndarray  # key values (the key field, a primary key, or feature ids)
+    crs: str | None  # the data's CRS (None: use the layer's srs)
+    label: str  # what to call the data in messages (never holds a password)
+
+
+def _read_gdal(src: LayerSource, key: str | None) -> RawLayer:
+    """A file layer through GDAL (pyogrio), in the dataset's full-scan order."""
     _check_exists(src)
     kw = _open_kwargs(src)
     try:
@@ -163,7 +189,34 @@ def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> Lay
     except Exception as exc:
         raise SourceError(f"layer {src.name!r}: cannot read {src.path} ({_short(exc)})") from exc
     by_name = dict(zip(meta["fields"], values, strict=True))
-    geoms = np.asarray(geoms, dtype=object)
+    return RawLayer(
+        wkb=np.asarray(geoms, dtype=object),
+        fields={a: by_name[a] for a in wanted},
+        ids=np.asarray(by_name[key], dtype=object) if key else np.asarray(fids),
+        crs=meta.get("crs"),
+        label=src.path,
+    )
+
+
+def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> LayerData:
+    """Read every feature of ``src`` in a stable order, reprojected to ``target_crs``.
+
+    Files are read with GDAL in full-scan order; PostGIS layers with psycopg in key order
+    (:mod:`tiledelta.postgis`). Features with no geometry are skipped (Mapnik draws nothing
+    for them). ``key`` names a field whose value identifies a feature across edits.
+    """
+    if src.kind == "postgis":
+        from tiledelta import postgis
+
+        raw = postgis.read_raw(src, key)
+    else:
+        raw = _read_gdal(src, key)
+    return _layer_data(src, raw, target_crs)
+
+
+def _layer_data(src: LayerSource, raw: RawLayer, target_crs: str) -> LayerData:
+    """Drop empty geometries, reproject, box and fingerprint: the same for every reader."""
+    geoms = raw.wkb
     keep = np.array([g is not None and len(g) > 0 for g in geoms], dtype=bool)
     shp = shapely.from_wkb(geoms[keep]) if keep.any() else np.array([], dtype=object)
     nonempty = ~shapely.is_empty(shp) if len(shp) else np.array([], dtype=bool)
@@ -172,7 +225,7 @@ def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> Lay
     src_wkb = geoms[idx]
 
     target = pyproj.CRS.from_user_input(target_crs)
-    tr = _transformer(meta.get("crs"), src, target)
+    tr = _transformer(raw.crs, src, target, raw.label)
     if tr is not None and len(shp):
         shp = shapely.transform(shp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
         wkb = np.asarray(shapely.to_wkb(shp), dtype=object)
@@ -180,8 +233,10 @@ def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> Lay
         wkb = src_wkb
     bounds = shapely.bounds(shp) if len(shp) else np.zeros((0, 4))
 
-    attrs = {a: [_value(v) for v in np.asarray(by_name[a], dtype=object)[idx]] for a in wanted}
-    keys = np.asarray(by_name[key], dtype=object)[idx] if key else np.asarray(fids)[idx]
+    attrs = {
+        a: [_value(v) for v in np.asarray(col, dtype=object)[idx]] for a, col in raw.fields.items()
+    }
+    keys = np.asarray(raw.ids)[idx]
     fps = fingerprints(src_wkb, attrs)
     return LayerData(
         name=src.name, keys=keys, wkb=wkb, bounds=bounds, attrs=attrs, fingerprints=fps
