@@ -319,8 +319,16 @@ def update(project_dir: Path, as_json: bool, target: str, mark_current: bool) ->
     is_flag=True,
     help="Only the tiles the last update re-rendered (to patch a server cache).",
 )
+@click.option(
+    "--upload", is_flag=True, help="Upload the package to the portal item [arcgis] item_id."
+)
 def package(
-    project_dir: Path, as_json: bool, out: Path, levels: str | None, changed_only: bool
+    project_dir: Path,
+    as_json: bool,
+    out: Path,
+    levels: str | None,
+    changed_only: bool,
+    upload: bool,
 ) -> None:
     """Write a Compact Tile Package (.tpkx) from the local cache."""
     from tiledelta.api import load_project
@@ -330,6 +338,11 @@ def package(
     project = load_project(project_dir)
     lv = select_levels(project.scheme, levels) if levels else None
     result = write_tpkx(project, out, levels=lv, changed_only=changed_only)
+    if upload:
+        from tiledelta.arcgis.publish import upload_package
+
+        say = (lambda _m: None) if as_json else click.echo
+        result["upload"] = upload_package(project, out, say=say)
     if as_json:
         _echo_json(result)
     else:

@@ -71,7 +71,8 @@ class ArcGISConfig(BaseModel):
     sd: str | None = None  # a staged .sd to upload when arcpy is not available
     aprx: str | None = None  # ArcGIS Pro project, for publishing with arcpy
     map: str | None = None  # map name inside the .aprx
-    item_id: str | None = None  # portal item for the thumbnail / tile package
+    item_id: str | None = None  # portal item for the thumbnail / tile package / run summaries
+    describe_runs: bool = False  # append each publish's run summary to the item description
 
 
 class ProjectConfig(BaseModel):

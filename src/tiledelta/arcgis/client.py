@@ -3,6 +3,12 @@
 Secrets never leave this module in readable form: the password is held in a
 :class:`Secret`, tokens travel in the ``X-Esri-Authorization`` header (never in
 URLs, so they cannot end up in logs), and every error message is scrubbed.
+
+With a portal (a federated server) there are two tokens: the portal token, from the
+portal's ``generateToken`` with the username and password, goes with portal requests
+(items); it is exchanged at the same endpoint (``token`` + ``serverUrl``) for a server
+token, which goes with server requests. Both are renewed before they expire, and
+again when the server or portal refuses them (498/499).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ PUBLISH_TASK = "System/PublishingTools/GPServer/Publish Service Definition"
 
 class ArcGISError(TileDeltaError):
     """The server refused, failed, or could not be reached."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        #: The ArcGIS error code (e.g. 498 invalid token), when the server sent one.
+        self.code = code
 
 
 def load_credentials(project_root: Path) -> tuple[str, Secret]:
@@ -92,7 +103,8 @@ class ArcGISClient:
         self._password = password
         self.token_minutes = token_minutes
         self.retries = retries
-        self._token: Token | None = None
+        self._token: Token | None = None  # the server's token
+        self._portal_token: Token | None = None
         self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
@@ -106,19 +118,31 @@ class ArcGISClient:
 
     # -- low level -------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        for secret in (self._password.get(), self._token.value.get() if self._token else ""):
+        secrets = [self._password.get()]
+        secrets += [t.value.get() for t in (self._token, self._portal_token) if t is not None]
+        for secret in secrets:
             if secret:
                 text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
         return text
 
-    def _send(self, method: str, url: str, *, data=None, files=None, auth: bool = True) -> dict:
-        """One JSON request with retries on 5xx / network errors; ArcGIS errors raised."""
+    def _send(
+        self, method: str, url: str, *, data=None, files=None, auth: str | None = "server"
+    ) -> dict:
+        """One JSON request with retries on 5xx / network errors; ArcGIS errors raised.
+
+        ``auth`` says which token goes with it: ``"server"``, ``"portal"`` or None.
+        """
         last: str = ""
         for attempt in range(self.retries + 1):
             # Tokens are issued for client=referer: every request names that referer.
             headers = {"Referer": self.server}
-            if auth:
+            if auth == "portal":
+                headers["X-Esri-Authorization"] = f"Bearer {self.portal_token().get()}"
+            elif auth:
                 headers["X-Esri-Authorization"] = f"Bearer {self.token().get()}"
+            for part in (files or {}).values():  # a retry sends open files from the start
+                if isinstance(part, tuple) and hasattr(part[1], "seek"):
+                    part[1].seek(0)
             try:
                 resp = self._http.request(method, url, data=data, files=files, headers=headers)
             except httpx.HTTPError as exc:
@@ -146,7 +170,11 @@ class ArcGISClient:
             if err:
                 code = err.get("code")
                 if code in (498, 499) and auth and attempt < self.retries:
-                    self._token = None  # expired or rejected: get a new one and retry
+                    # expired or rejected: get a new one and retry
+                    if auth == "portal":
+                        self._portal_token = None
+                    else:
+                        self._token = None
                     continue
                 msg = err.get("message", "error")
                 details = "; ".join(str(d) for d in err.get("details") or [] if d)
@@ -155,7 +183,8 @@ class ArcGISClient:
                         f"{urlsplit(url).path}: {msg}"
                         + (f" ({details})" if details else "")
                         + (f" [code {code}]" if code else "")
-                    )
+                    ),
+                    code=code if isinstance(code, int) else None,
                 )
             return body
         raise ArcGISError(self._scrub(f"{last} (after {self.retries + 1} tries)"))
@@ -176,38 +205,55 @@ class ArcGISClient:
 
     # -- tokens ----------------------------------------------------------------------------
     def token(self) -> Secret:
-        """A valid token, fetched or refreshed before it expires."""
+        """A valid server token, fetched or refreshed before it expires.
+
+        With a portal it is the federated token the portal exchanges its own for.
+        """
         if self._token is None or not self._token.fresh():
-            self._token = self._generate_token()
+            self._token = self._federated_token() if self.portal else self._server_token()
         return self._token.value
 
-    def _generate_token(self) -> Token:
-        form = {
-            "username": self.username,
-            "password": self._password.get(),
+    def portal_token(self) -> Secret:
+        """A valid portal token (for item requests), fetched or refreshed before it expires."""
+        if not self.portal:
+            raise ArcGISError("[arcgis] portal is not set: no portal to sign in to")
+        if self._portal_token is None or not self._portal_token.fresh():
+            self._portal_token = self._sign_in(f"{self.portal}/sharing/rest/generateToken")
+        return self._portal_token.value
+
+    def _form(self) -> dict[str, str]:
+        return {
             "client": "referer",
             "referer": self.server,
             "expiration": str(self.token_minutes),
             "f": "json",
         }
-        if self.portal:
-            body = self._send(
-                "POST", f"{self.portal}/sharing/rest/generateToken", data=form, auth=False
-            )
-            portal_token = body.get("token")
-            if not portal_token:
-                raise ArcGISError("the portal returned no token")
-            body = self._send(
-                "POST",
-                f"{self.portal}/sharing/rest/generateToken",
-                data={"token": portal_token, "serverUrl": self.server, "f": "json"},
-                auth=False,
-            )
-        else:
-            body = self._send("POST", f"{self.server}/tokens/generateToken", data=form, auth=False)
+
+    def _sign_in(self, url: str) -> Token:
+        form = {"username": self.username, "password": self._password.get(), **self._form()}
+        return self._token_from(self._send("POST", url, data=form, auth=None))
+
+    def _server_token(self) -> Token:
+        return self._sign_in(f"{self.server}/tokens/generateToken")
+
+    def _federated_token(self) -> Token:
+        """The portal token exchanged for a token of the federated server."""
+        url = f"{self.portal}/sharing/rest/generateToken"
+        for attempt in range(2):
+            form = {"token": self.portal_token().get(), "serverUrl": self.server, **self._form()}
+            try:
+                return self._token_from(self._send("POST", url, data=form, auth=None))
+            except ArcGISError as exc:
+                if exc.code in (498, 499) and attempt == 0:
+                    self._portal_token = None  # the portal refused its own token: sign in again
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _token_from(self, body: dict) -> Token:
         value = body.get("token")
         if not value:
-            raise ArcGISError("the server returned no token; check the username and password")
+            raise ArcGISError("no token was returned; check the username and password")
         expires = float(body.get("expires", 0)) / 1000 or time.time() + 60 * self.token_minutes
         return Token(Secret(value), expires)
 
@@ -281,14 +327,41 @@ class ArcGISClient:
             raise ArcGISError(f"upload of {path.name} returned no item id")
         return item
 
-    def update_item(self, item_id: str, *, thumbnail: bytes | None = None, **fields) -> dict:
-        """Update a portal item (thumbnail and/or fields such as description)."""
+    def _item_url(self, item_id: str) -> str:
         if not self.portal:
-            raise ArcGISError("[arcgis] portal is not set: cannot update the portal item")
-        files = {"thumbnail": ("thumbnail.png", thumbnail, "image/png")} if thumbnail else None
-        fields.setdefault("f", "json")
-        url = (
-            f"{self.portal}/sharing/rest/content/users/{quote(self.username)}/items/"
-            f"{quote(item_id)}/update"
+            raise ArcGISError("[arcgis] portal is not set: cannot reach the portal item")
+        return (
+            f"{self.portal}/sharing/rest/content/users/{quote(self.username, safe='')}/items/"
+            f"{quote(item_id, safe='')}"
         )
-        return self._send("POST", url, data=fields, files=files)
+
+    def get_item(self, item_id: str) -> dict:
+        """The portal item's JSON (title, description, thumbnail, size ...)."""
+        body = self._send("GET", f"{self._item_url(item_id)}?f=json", auth="portal")
+        return body.get("item", body)
+
+    def update_item(
+        self, item_id: str, *, thumbnail: bytes | None = None, files=None, **fields
+    ) -> dict:
+        """Update a portal item (thumbnail and/or fields such as description).
+
+        The request carries the portal token. ``files`` adds multipart parts
+        (``{"file": (name, fileobj, type)}``).
+        """
+        url = f"{self._item_url(item_id)}/update"
+        parts = dict(files or {})
+        if thumbnail:
+            parts["thumbnail"] = ("thumbnail.png", thumbnail, "image/png")
+        fields.setdefault("f", "json")
+        body = self._send("POST", url, data=fields, files=parts or None, auth="portal")
+        if body.get("success") is False:
+            raise ArcGISError(f"the portal did not update item {item_id}")
+        return body
+
+    def upload_item_file(self, item_id: str, path: Path) -> dict:
+        """Replace the portal item's data with ``path`` (e.g. a .tpkx tile package)."""
+        path = Path(path)
+        with open(path, "rb") as fh:
+            return self.update_item(
+                item_id, files={"file": (path.name, fh, "application/octet-stream")}
+            )

@@ -4,7 +4,9 @@ ArcGIS Enterprise cannot run here, so tiledelta's publishing code is tested agai
 this stand-in. It listens on a real socket, issues expiring tokens, accepts uploads,
 publishes services, and its ``Manage Map Cache Tiles`` jobs really re-render the
 requested tiles with Mapnik (through tiledelta's own renderer) into the service's
-own Compact Cache V2, which its ``MapServer/tile`` endpoint serves.
+own Compact Cache V2, which its ``MapServer/tile`` endpoint serves. With
+``portal=True`` a minimal Portal sits beside it: portal tokens, the federated
+token exchange, and items whose thumbnail, data and fields can be updated.
 
 What it emulates, what it does not, and its own service-definition packaging are
 described in ``docs/emulator.md``. Run it with::
@@ -186,6 +188,71 @@ class _Token:
     client: str
     referer: str
     ip: str
+
+
+#: Item fields an ``update`` call sets on the emulated portal item (others are recorded only).
+PORTAL_ITEM_FIELDS = frozenset(
+    {
+        "title",
+        "description",
+        "snippet",
+        "tags",
+        "typeKeywords",
+        "accessInformation",
+        "licenseInfo",
+        "culture",
+        "url",
+    }
+)
+_LIST_FIELDS = frozenset({"tags", "typeKeywords"})
+_ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class PortalItem:
+    """An item of the emulated portal: ``item.json``, its thumbnail and its data file.
+
+    ``updates`` lists every ``update`` call it received (in memory): the form fields
+    (secrets redacted), and name and size of the ``thumbnail`` and ``file`` parts.
+    """
+
+    id: str
+    path: Path  # root/portal/items/<id>
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        """The item JSON, as the portal serves it."""
+        return json.loads((self.path / "item.json").read_text("utf-8"))
+
+    def _save(self, item: dict[str, Any]) -> None:
+        tmp = self.path / "item.json.tmp"
+        tmp.write_text(json.dumps(item, indent=1), "utf-8")
+        tmp.replace(self.path / "item.json")
+
+    def _one_file(self, sub: str) -> Path | None:
+        folder = self.path / sub
+        files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        return files[0] if files else None
+
+    @property
+    def thumbnail_path(self) -> Path | None:
+        return self._one_file("thumbnail")
+
+    @property
+    def data_path(self) -> Path | None:
+        return self._one_file("data")
+
+    @property
+    def thumbnail(self) -> bytes | None:
+        """The thumbnail's bytes, or None."""
+        f = self.thumbnail_path
+        return f.read_bytes() if f else None
+
+    @property
+    def data(self) -> bytes | None:
+        """The item's data file (e.g. an uploaded .tpkx), or None."""
+        f = self.data_path
+        return f.read_bytes() if f else None
 
 
 @dataclass
@@ -467,9 +534,13 @@ class Emulator:
         token_minutes: int = 60,
         max_token_minutes: int = 1440,
         faults: Faults | None = None,
+        portal: bool = False,
+        portal_site: str = "portal",
     ) -> None:
         if not username or not password:
             raise ValueError("the emulator needs a username and a password")
+        if portal and portal_site.strip("/") == site.strip("/"):
+            raise ValueError("the portal and the server need different site names")
         self.root = Path(root).resolve()
         self.username = username
         self._password = password
@@ -484,6 +555,11 @@ class Emulator:
         #: Epoch seconds; tests may replace it to move the emulator's clock.
         self.clock: Callable[[], float] = time.time
         self._tokens: dict[str, _Token] = {}
+        #: Emulated Portal: on or off, its path segment, its tokens and items.
+        self.portal = portal
+        self.portal_site = portal_site.strip("/")
+        self._portal_tokens: dict[str, _Token] = {}
+        self.portal_items: dict[str, PortalItem] = {}
         self._lock = threading.RLock()
         self._service_locks: dict[str, threading.Lock] = {}
         self._readers: dict[str, tuple[tuple, Any]] = {}
@@ -493,6 +569,12 @@ class Emulator:
         self._cache_jobs_run = 0
         for sub in ("services", "uploads", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if portal:
+            items = self.root / "portal" / "items"
+            items.mkdir(parents=True, exist_ok=True)
+            for d in sorted(items.iterdir()):
+                if _ITEM_ID_RE.match(d.name) and (d / "item.json").is_file():
+                    self.portal_items[d.name] = PortalItem(d.name, d)
 
     def __repr__(self) -> str:  # never shows the password
         return f"<Emulator {self.url if self._server else self.root} user={self.username!r}>"
@@ -503,6 +585,14 @@ class Emulator:
         """The site URL, e.g. ``http://127.0.0.1:6080/arcgis``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/{self.site}"
+
+    @property
+    def portal_url(self) -> str:
+        """The portal URL, e.g. ``http://127.0.0.1:6080/portal`` (``portal=True`` only)."""
+        if not self.portal:
+            raise AttributeError("this emulator has no portal (start it with portal=True)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/{self.portal_site}"
 
     def start(self) -> Emulator:
         """Listen and serve in a background thread; returns self."""
@@ -545,18 +635,23 @@ class Emulator:
         """Every token issued so far becomes invalid (requests using it get 498)."""
         with self._lock:
             self._tokens.clear()
+            self._portal_tokens.clear()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _check_token(self, req: _Request) -> int | None:
-        """None when the request carries a valid token, else 499 (missing) or 498 (invalid)."""
+    def _check_token(self, req: _Request, tokens: dict[str, _Token] | None = None) -> int | None:
+        """None when the request carries a valid token, else 499 (missing) or 498 (invalid).
+
+        ``tokens`` is the server's tokens by default; the portal passes its own, so a
+        portal token is refused by the server and a server token by the portal.
+        """
         if not req.token:
             return 499
         if self.faults.reject_tokens:
             return 498
         with self._lock:
-            tok = self._tokens.get(req.token)
+            tok = (self._tokens if tokens is None else tokens).get(req.token)
         if tok is None or tok.expires_ms <= self._now_ms():
             return 498
         if tok.client == "referer":
@@ -577,19 +672,41 @@ class Emulator:
             return fail("generateToken must be called with POST; GET is not enabled.", 405)
         p = req.params
         user, password = p.get("username", ""), p.get("password", "")
+        if not self._credentials_ok(user, password):
+            return fail("Invalid username or password.")
+        return self._issue_token(req, self._tokens, fail)
+
+    def _credentials_ok(self, user: str, password: str) -> bool:
         ok_user = hmac.compare_digest(user.encode(), self.username.encode())
         ok_pass = hmac.compare_digest(password.encode(), self._password.encode())
-        if not (ok_user and ok_pass):
-            return fail("Invalid username or password.")
+        return ok_user and ok_pass
+
+    def _issue_token(
+        self,
+        req: _Request,
+        tokens: dict[str, _Token],
+        fail: Callable[..., dict],
+        *,
+        inherit: _Token | None = None,
+    ) -> dict:
+        """A new token in ``tokens``, bound as ``client``/``referer``/``ip`` ask.
+
+        With ``inherit`` (the federated exchange) a request that names no client keeps
+        the portal token's binding, and the new token expires no later than that one.
+        """
+        p = req.params
         referer = p.get("referer", "")
-        client = (p.get("client") or ("referer" if referer else "requestip")).lower()
-        if client not in ("referer", "ip", "requestip"):
-            return fail(f"Invalid client type '{client}'; use referer, ip or requestip.")
-        if client == "referer" and not referer:
-            return fail("The referer parameter is required when client is referer.")
-        ip = p.get("ip", "") if client == "ip" else req.client_ip
-        if client == "ip" and not ip:
-            return fail("The ip parameter is required when client is ip.")
+        if inherit is not None and not p.get("client") and not referer:
+            client, referer, ip = inherit.client, inherit.referer, inherit.ip
+        else:
+            client = (p.get("client") or ("referer" if referer else "requestip")).lower()
+            if client not in ("referer", "ip", "requestip"):
+                return fail(f"Invalid client type '{client}'; use referer, ip or requestip.")
+            if client == "referer" and not referer:
+                return fail("The referer parameter is required when client is referer.")
+            ip = p.get("ip", "") if client == "ip" else req.client_ip
+            if client == "ip" and not ip:
+                return fail("The ip parameter is required when client is ip.")
         try:
             minutes = float(p.get("expiration") or self.token_minutes)
         except ValueError:
@@ -598,9 +715,11 @@ class Emulator:
             return fail("The expiration must be a positive number of minutes.")
         minutes = min(minutes, self.max_token_minutes)
         expires = self._now_ms() + int(minutes * 60_000)
+        if inherit is not None:
+            expires = min(expires, inherit.expires_ms)
         value = secrets.token_urlsafe(48)
         with self._lock:
-            self._tokens[value] = _Token(expires, client, referer, ip)
+            tokens[value] = _Token(expires, client, referer, ip)
         return {"token": value, "expires": expires, "ssl": False}
 
     # -- services ---------------------------------------------------------------------------
@@ -735,6 +854,8 @@ class Emulator:
 
     def _route(self, req: _Request) -> _Response:
         seg = req.segments
+        if self.portal and seg and seg[0] == self.portal_site:
+            return self._portal(req, seg[1:])
         if not seg or seg[0] != self.site:
             return _json(rest_error(404, "Not found", [f"the site is /{self.site}"]), status=404)
         seg = seg[1:]
@@ -751,7 +872,7 @@ class Emulator:
         return _json(rest_error(404, "Not found", [req.path]), status=404)
 
     def _rest_info(self) -> dict:
-        return {
+        out: dict[str, Any] = {
             "currentVersion": CURRENT_VERSION,
             "fullVersion": f"{CURRENT_VERSION}.0",
             "authInfo": {
@@ -760,6 +881,205 @@ class Emulator:
                 "shortLivedTokenValidity": self.token_minutes,
             },
         }
+        if self.portal:  # a federated server names its portal and the portal's token URL
+            out["owningSystemUrl"] = self.portal_url
+            out["authInfo"]["tokenServicesUrl"] = f"{self.portal_url}/sharing/rest/generateToken"
+        return out
+
+    # -- the emulated Portal ----------------------------------------------------------------
+    def portal_add_item(
+        self,
+        owner: str,
+        type: str,
+        title: str,
+        **fields: Any,
+    ) -> str:
+        """Create a portal item owned by ``owner``; return its id (32 hex digits).
+
+        ``fields`` may set other item fields (``description``, ``tags`` ...). Only
+        items owned by the emulator's user can be updated or read through REST.
+        """
+        if not self.portal:
+            raise RuntimeError("this emulator has no portal (start it with portal=True)")
+        item_id = uuid.uuid4().hex
+        folder = self.root / "portal" / "items" / item_id
+        folder.mkdir(parents=True)
+        now = int(self.clock() * 1000)
+        item: dict[str, Any] = {
+            "id": item_id,
+            "owner": owner,
+            "created": now,
+            "modified": now,
+            "title": title,
+            "type": type,
+            "typeKeywords": [],
+            "name": None,
+            "description": None,
+            "snippet": None,
+            "tags": [],
+            "thumbnail": None,
+            "url": None,
+            "access": "private",
+            "size": 0,
+        }
+        item.update(fields)
+        it = PortalItem(item_id, folder)
+        it._save(item)
+        with self._lock:
+            self.portal_items[item_id] = it
+        return item_id
+
+    def portal_item(self, item_id: str) -> PortalItem:
+        """The portal item ``item_id`` (KeyError when there is none)."""
+        return self.portal_items[item_id]
+
+    def _portal(self, req: _Request, seg: list[str]) -> _Response:
+        p = req.pretty
+        if seg[:2] != ["sharing", "rest"]:
+            return _json(rest_error(404, "Not found", [req.path]), status=404)
+        seg = seg[2:]
+        if seg == ["generateToken"]:
+            return _json(self._portal_generate_token(req), p)
+        if seg == ["info"]:
+            return _json(
+                {
+                    "owningSystemUrl": self.portal_url,
+                    "authInfo": {
+                        "tokenServicesUrl": f"{self.portal_url}/sharing/rest/generateToken",
+                        "isTokenBasedSecurity": True,
+                    },
+                },
+                p,
+            )
+        denied = self._check_token(req, self._portal_tokens)
+        if denied == 499:
+            return _json(rest_error(499, "Token Required."), p)
+        if denied == 498:
+            return _json(rest_error(498, "Invalid token."), p)
+        # content/users/<user>/items/<id>[/update]
+        if len(seg) in (5, 6) and seg[:2] == ["content", "users"] and seg[3] == "items":
+            user, item_id, op = seg[2], seg[4], seg[5:]
+            it, err = self._portal_lookup(item_id, user)
+            if err is not None:
+                return _json(err, p)
+            if op == ["update"]:
+                if req.method != "POST":
+                    return _json(rest_error(405, "update takes POST only."), p)
+                return _json(self._portal_update(req, it), p)
+            if not op:
+                return _json({"item": it.info(), "sharing": {"access": "private", "groups": []}}, p)
+        # content/items/<id>[/data | /info/<thumbnail path>]
+        if len(seg) >= 3 and seg[:2] == ["content", "items"]:
+            it, err = self._portal_lookup(seg[2], None)
+            if err is not None:
+                return _json(err, p)
+            rest = seg[3:]
+            if not rest:
+                return _json(it.info(), p)
+            if rest == ["data"]:
+                f = it.data_path
+                if f is None:
+                    return _json(rest_error(400, "Item has no data.", [it.id]), p)
+                data = f.read_bytes()
+                return _Response(
+                    200,
+                    data,
+                    _content_type(data),
+                    {"Content-Disposition": f'attachment; filename="{f.name}"'},
+                )
+            if rest[:1] == ["info"] and rest[1:] == (it.info().get("thumbnail") or "").split("/"):
+                data = it.thumbnail
+                if data is not None:
+                    return _Response(200, data, _content_type(data))
+            return _json(rest_error(404, "Not found", [req.path]), status=404)
+        return _json(rest_error(400, "Not implemented by the emulator's portal.", [req.path]), p)
+
+    def _portal_lookup(
+        self, item_id: str, user: str | None
+    ) -> tuple[PortalItem, None] | tuple[None, dict]:
+        """The item, or the error a private item someone else owns gets."""
+        with self._lock:
+            it = self.portal_items.get(item_id)
+        if it is None or not _ITEM_ID_RE.match(item_id):
+            return None, rest_error(400, "Item does not exist or is inaccessible.", [item_id])
+        owner = it.info().get("owner")
+        if owner != self.username or (user is not None and user != owner):
+            return None, rest_error(
+                403,
+                "You do not have permissions to access this resource or perform this operation.",
+            )
+        return it, None
+
+    def _portal_generate_token(self, req: _Request) -> dict:
+        def fail(detail: str, code: int = 400) -> dict:
+            return rest_error(code, "Unable to generate token.", [detail])
+
+        if req.method != "POST":
+            return fail("generateToken must be called with POST; GET is not enabled.", 405)
+        params = req.params
+        server_url = params.get("serverUrl", "").strip().rstrip("/")
+        if params.get("username") or params.get("password"):
+            if not self._credentials_ok(params.get("username", ""), params.get("password", "")):
+                return fail("Invalid username or password.")
+            if server_url:
+                return fail("Sign in to the portal first, then exchange its token (serverUrl).")
+            return self._issue_token(req, self._portal_tokens, fail)
+        # The federated exchange: a portal token (param or header) + serverUrl -> server token.
+        if not req.token:
+            return rest_error(499, "Token Required.")
+        if not server_url:
+            return fail("Give username and password, or token and serverUrl.")
+        if self._check_token(req, self._portal_tokens) is not None:
+            return rest_error(498, "Invalid token.")
+        if server_url != self.url and not server_url.startswith(self.url + "/"):
+            return fail(f"{server_url} is not a server federated with this portal.")
+        with self._lock:
+            portal_tok = self._portal_tokens[req.token]
+        return self._issue_token(req, self._tokens, fail, inherit=portal_tok)
+
+    def _portal_update(self, req: _Request, it: PortalItem) -> dict:
+        item = it.info()
+        record: dict[str, Any] = {
+            "time": self._now_ms(),
+            "fields": {},
+            "thumbnail": None,
+            "file": None,
+        }
+        for key, value in _redact(req.params).items():
+            if key in ("f", "token"):
+                continue
+            record["fields"][key] = value
+            if key in PORTAL_ITEM_FIELDS:
+                item[key] = (
+                    [v.strip() for v in value.split(",") if v.strip()]
+                    if key in _LIST_FIELDS
+                    else value
+                )
+        if "thumbnail" in req.files:
+            fname, data = req.files["thumbnail"]
+            if not data:
+                return rest_error(400, "The thumbnail file is empty.")
+            name = _safe_filename(fname or "thumbnail.png")
+            folder = it.path / "thumbnail"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            (folder / name).write_bytes(data)
+            item["thumbnail"] = f"thumbnail/{name}"
+            record["thumbnail"] = {"name": name, "size": len(data)}
+        if "file" in req.files:
+            fname, data = req.files["file"]
+            name = _safe_filename(fname or "data.bin")
+            folder = it.path / "data"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            (folder / name).write_bytes(data)
+            item["name"], item["size"] = name, len(data)
+            record["file"] = {"name": name, "size": len(data)}
+        item["modified"] = self._now_ms()
+        it._save(item)
+        with self._lock:
+            it.updates.append(record)
+        return {"success": True, "id": it.id}
 
     # -- /rest/services ---------------------------------------------------------------------
     def _rest(self, req: _Request, seg: list[str]) -> _Response:
@@ -1677,6 +1997,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", required=True, help="the one user that may sign in")
     ap.add_argument("--password", help="its password (default: $ARCGIS_PASSWORD)")
     ap.add_argument("--token-minutes", type=int, default=60)
+    ap.add_argument(
+        "--portal",
+        action="store_true",
+        help="also serve a minimal emulated Portal (federated tokens, items)",
+    )
+    ap.add_argument("--portal-site", default="portal")
+    ap.add_argument(
+        "--add-item",
+        action="append",
+        default=[],
+        metavar="TYPE:TITLE",
+        help="with --portal: create an item owned by --user and print its id (repeatable)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     password = args.password or os.environ.get("ARCGIS_PASSWORD")
@@ -1692,13 +2025,24 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         site=args.site,
         token_minutes=args.token_minutes,
+        portal=args.portal,
+        portal_site=args.portal_site,
     )
+    if args.add_item and not args.portal:
+        print("error: --add-item needs --portal", file=sys.stderr)
+        return 1
     try:
         emu.start()
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
     print(emu.url, flush=True)
+    if args.portal:
+        print(emu.portal_url, flush=True)
+        for spec in args.add_item:
+            kind, _, title = spec.partition(":")
+            item_id = emu.portal_add_item(args.user, kind, title or kind)
+            print(f"item {item_id} ({kind}: {title or kind})", flush=True)
     stop = threading.Event()
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -1720,6 +2064,7 @@ __all__ = [
     "Emulator",
     "Faults",
     "Job",
+    "PortalItem",
     "RequestRecord",
     "Service",
     "esri_polygon",

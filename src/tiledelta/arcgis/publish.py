@@ -4,10 +4,17 @@ Where arcpy exists (ArcGIS Pro >= 2.7 on Windows) the service definition is made
 the configured .aprx map with ``KeepExistingMapCache`` on, staged and uploaded.
 Elsewhere a staged ``.sd`` given in ``[arcgis] sd`` is uploaded over REST and
 published with the *Publish Service Definition* tool.
+
+The portal item ``[arcgis] item_id`` gets the map's thumbnail
+(:func:`set_item_thumbnail`), a locally rendered tile package
+(:func:`upload_package`) and, with ``[arcgis] describe_runs``, one line per run
+in its description.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import html
 import importlib.util
 import logging
 import re
@@ -88,20 +95,82 @@ def publish(
     if cfg.item_id and cfg.portal:
         set_item_thumbnail(project, say=say)
         result["thumbnail"] = cfg.item_id
+        if cfg.describe_runs:
+            describe_run(project, run_summary(result), say=say)
+            result["described"] = cfg.item_id
     return result
+
+
+def _portal_item(project: Project, what: str) -> str:
+    cfg = arcgis_config(project)
+    if not cfg.item_id:
+        raise ArcGISError(f"[arcgis] item_id is not set: which portal item gets the {what}?")
+    if not cfg.portal:
+        raise ArcGISError(f"[arcgis] portal is not set: the {what} goes to a portal item")
+    return cfg.item_id
 
 
 def set_item_thumbnail(project: Project, *, say: Callable[[str], None] = log.info) -> None:
     """Render the 600x400 thumbnail and set it on the portal item ``[arcgis] item_id``."""
     from tiledelta.thumbnail import render_thumbnail
 
-    cfg = arcgis_config(project)
-    if not cfg.item_id:
-        raise ArcGISError("[arcgis] item_id is not set: which portal item gets the thumbnail?")
+    item_id = _portal_item(project, "thumbnail")
     png = render_thumbnail(project, (600, 400))
     with connect(project, warn=say) as client:
-        client.update_item(cfg.item_id, thumbnail=png)
-    say(f"thumbnail set on item {cfg.item_id}")
+        client.update_item(item_id, thumbnail=png)
+    say(f"thumbnail set on item {item_id}")
+
+
+def upload_package(
+    project: Project, tpkx_path: Path, *, say: Callable[[str], None] = log.info
+) -> dict:
+    """Upload a tile package (.tpkx) as the data of the portal item ``[arcgis] item_id``.
+
+    The "render locally, upload a tile package" route: ``tiledelta package`` writes the
+    .tpkx from the local cache, and this replaces the item's file with it.
+    """
+    item_id = _portal_item(project, "tile package")
+    tpkx = Path(tpkx_path)
+    if tpkx.suffix.lower() != ".tpkx":
+        raise ArcGISError(f"{tpkx}: a tile package file name must end in .tpkx")
+    if not tpkx.is_file():
+        raise ArcGISError(f"{tpkx}: no such tile package; write it with 'tiledelta package'")
+    size = tpkx.stat().st_size
+    say(f"uploading {tpkx.name} ({size:,} bytes) to item {item_id}")
+    with connect(project, warn=say) as client:
+        client.upload_item_file(item_id, tpkx)
+    say(f"tile package uploaded to item {item_id}")
+    return {"item": item_id, "package": str(tpkx), "bytes": size}
+
+
+def run_summary(result: dict, when: dt.datetime | None = None) -> str:
+    """One line about a publish run, for the item's description."""
+    when = when or dt.datetime.now().astimezone()
+    parts = [f"{when:%Y-%m-%d %H:%M %Z}".strip() + ": tiledelta published"]
+    if result.get("published"):
+        parts[0] += f" {result['published']}"
+    cache = result.get("cache")
+    if isinstance(cache, dict):
+        jobs = cache.get("jobs") or []
+        levels = sorted({j.get("level") for j in jobs if j.get("level") is not None})
+        if jobs:
+            parts.append(
+                f"cache rebuilt at level{'s' if len(levels) > 1 else ''} "
+                f"{', '.join(map(str, levels))} ({len(jobs)} job{'s' if len(jobs) > 1 else ''})"
+            )
+        else:
+            parts.append("cache already current")
+    return "; ".join(parts)
+
+
+def describe_run(project: Project, line: str, *, say: Callable[[str], None] = log.info) -> None:
+    """Append ``line`` (as its own paragraph) to the portal item's description."""
+    item_id = _portal_item(project, "run summary")
+    with connect(project, warn=say) as client:
+        current = client.get_item(item_id).get("description") or ""
+        text = f"{current}<p>{html.escape(line)}</p>"
+        client.update_item(item_id, description=text)
+    say(f"run summary added to the description of item {item_id}")
 
 
 def keep_existing_cache(sddraft: Path) -> None:
