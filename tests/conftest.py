@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tiledelta import sample
 from tiledelta.api import init_project
@@ -46,3 +48,10 @@ def set_processes(root: Path, n: int) -> None:
     p = Project.load(root)
     p.config.render.processes = n
     p.save()
+
+
+# CI runs the same hypothesis examples every time (a red build must be reproducible);
+# developers get fresh random examples on each run.
+if os.environ.get("CI"):
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    settings.load_profile("ci")
