@@ -114,9 +114,8 @@ def _all_tiles(project_dir: Path) -> dict:
     [
         # [layers.buildings] key = the primary key: an edit is "modified".
         ("bid", (1, 2, 1)),
-        # No key configured: rows are still read in primary-key order; features are matched
-        # by fingerprint, so the moved and the restyled building are each deleted + added.
-        (None, (3, 0, 3)),
+        # No key configured: the primary key orders the rows and matches features too.
+        (None, (1, 2, 1)),
     ],
 )
 def test_postgis_updates_to_a_fresh_seed(

@@ -306,4 +306,5 @@ def read_raw(src: LayerSource, key: str | None = None) -> RawLayer:
         ids=ids,
         crs=crs,
         label=f"{shown} in {where(src)}",
+        keyed=True,  # ordered and identified by the key or the primary key
     )

@@ -94,6 +94,7 @@ def record_build(
 ) -> int:
     """Advance the snapshot to ``layers`` in one transaction; return the run id."""
     sig = build_signature(project, levels)
+    sig["keyed"] = {name: d.keyed for name, d in layers.items()}
     with closing(connect(project, target)) as con, con:
         con.execute("DELETE FROM layers")
         con.executemany(

@@ -39,20 +39,10 @@ class LayerData:
     bounds: np.ndarray  # (n, 4) float64 xmin, ymin, xmax, ymax
     attrs: dict[str, list]  # attribute name -> python values, only those the style uses
     fingerprints: np.ndarray  # (n,) uint64 hash of geometry + used attributes
+    keyed: bool = False  # keys identify features across edits (key field, primary key)
 
     def __len__(self) -> int:
         return len(self.wkb)
-
-    def subset(self, idx: np.ndarray) -> LayerData:
-        """The features at ``idx`` (kept in order)."""
-        return LayerData(
-            name=self.name,
-            keys=self.keys[idx],
-            wkb=self.wkb[idx],
-            bounds=self.bounds[idx],
-            attrs={k: [v[i] for i in idx] for k, v in self.attrs.items()},
-            fingerprints=self.fingerprints[idx],
-        )
 
 
 def _open_kwargs(src: LayerSource) -> dict:
@@ -152,6 +142,7 @@ class RawLayer:
     ids: np.ndarray  # key values (the key field, a primary key, or feature ids)
     crs: str | None  # the data's CRS (None: use the layer's srs)
     label: str  # what to call the data in messages (never holds a password)
+    keyed: bool = False  # ids identify features across edits (not row numbers)
 
 
 def _read_gdal(src: LayerSource, key: str | None) -> RawLayer:
@@ -195,6 +186,7 @@ def _read_gdal(src: LayerSource, key: str | None) -> RawLayer:
         ids=np.asarray(by_name[key], dtype=object) if key else np.asarray(fids),
         crs=meta.get("crs"),
         label=src.path,
+        keyed=key is not None,
     )
 
 
@@ -239,7 +231,13 @@ def _layer_data(src: LayerSource, raw: RawLayer, target_crs: str) -> LayerData:
     keys = np.asarray(raw.ids)[idx]
     fps = fingerprints(src_wkb, attrs)
     return LayerData(
-        name=src.name, keys=keys, wkb=wkb, bounds=bounds, attrs=attrs, fingerprints=fps
+        name=src.name,
+        keys=keys,
+        wkb=wkb,
+        bounds=bounds,
+        attrs=attrs,
+        fingerprints=fps,
+        keyed=raw.keyed,
     )
 
 

@@ -165,7 +165,12 @@ def detect_changes(
     ch.dropped_levels = sorted(set(old.get("levels", [])) - set(levels))
     layers = layers if layers is not None else read_layers(project)
     for name, data in layers.items():
-        keyed = bool(old.get("keys", {}).get(name)) and old["keys"][name] == sig["keys"][name]
+        # Match by key only when both snapshots hold the same kind of key.
+        keyed = (
+            data.keyed
+            and old.get("keyed", {}).get(name, False)
+            and old.get("keys", {}).get(name) == sig["keys"][name]
+        )
         ch.layers[name] = diff_layer(snap.layers.get(name), data, keyed)
     return ch
 
