@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import uvicorn
 from hypothesis import settings
 
 from tiledelta import sample
@@ -55,3 +59,39 @@ def set_processes(root: Path, n: int) -> None:
 if os.environ.get("CI"):
     settings.register_profile("ci", derandomize=True, print_blob=True)
     settings.load_profile("ci")
+
+
+class LiveServer:
+    """uvicorn serving ``app`` in a thread on 127.0.0.1, on a free port."""
+
+    def __init__(self, app) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.netloc = f"127.0.0.1:{self.port}"
+        self.base = f"http://{self.netloc}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def raw(self, path: str) -> tuple[int, bytes]:
+        """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.putrequest("GET", path, skip_accept_encoding=True)
+            conn.endheaders()
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()

@@ -146,13 +146,23 @@ def test_mapserver_document_uses_full_extent() -> None:
     info = scheme_to_tile_info(web_mercator(5))
     doc = {
         "tileInfo": info,
-        "fullExtent": {"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4, "spatialReference": {
-            "wkid": 102100, "latestWkid": 3857}},
+        "fullExtent": {
+            "xmin": 1,
+            "ymin": 2,
+            "xmax": 3,
+            "ymax": 4,
+            "spatialReference": {"wkid": 102100, "latestWkid": 3857},
+        },
     }
     assert scheme_from_tile_info(doc).extent == Bounds(1, 2, 3, 4)
     # an extent in another CRS is reprojected into the scheme CRS
-    doc["fullExtent"] = {"xmin": -124, "ymin": 45, "xmax": -123, "ymax": 46,
-                         "spatialReference": {"wkid": 4326}}
+    doc["fullExtent"] = {
+        "xmin": -124,
+        "ymin": 45,
+        "xmax": -123,
+        "ymax": 46,
+        "spatialReference": {"wkid": 4326},
+    }
     ext = scheme_from_tile_info(doc).extent
     assert ext is not None
     assert ext.xmin == pytest.approx(-13803616.86, abs=1) and ext.ymax > ext.ymin > 5.6e6
@@ -165,7 +175,9 @@ def test_crs_from_spatial_reference() -> None:
     assert crs_from_spatial_reference({"wkid": 102100}) == ("EPSG:3857", 102100, 3857)
     assert crs_from_spatial_reference({"wkid": 102113})[0] == "EPSG:3857"
     assert crs_from_spatial_reference({"wkid": 2913, "latestWkid": 2913}) == (
-        "EPSG:2913", 2913, 2913
+        "EPSG:2913",
+        2913,
+        2913,
     )
     # Esri-only id whose latestWkid is an EPSG code (State Plane Oregon North ft, old id)
     assert crs_from_spatial_reference({"wkid": 102726, "latestWkid": 2269})[0] == "EPSG:2269"
@@ -202,8 +214,14 @@ def test_usa_tpkx_root_json_parses() -> None:
 @needs_shared
 def test_root_json_has_usa_shape() -> None:
     usa = _usa_root()
-    ours = scheme_to_root_json(web_mercator(), name="Usa", fmt="png", min_level=0, max_level=5,
-                               extent=Bounds(-2e7, -1e7, 2e7, 1e7))
+    ours = scheme_to_root_json(
+        web_mercator(),
+        name="Usa",
+        fmt="png",
+        min_level=0,
+        max_level=5,
+        extent=Bounds(-2e7, -1e7, 2e7, 1e7),
+    )
     for key in ("name", "version", "tileBundlesPath", "minLOD", "maxLOD", "storageInfo"):
         assert ours[key] == usa[key], key
     # Usa's maxScale is a layer visibility limit (LOD 16); ours is the scale of maxLOD
@@ -216,13 +234,17 @@ def test_root_json_has_usa_shape() -> None:
 
 def test_root_json_round_trip(oregon: TilingScheme) -> None:
     root = scheme_to_root_json(oregon, name="clatsop", fmt="JPEG", quality=80)
-    assert root["tileImageInfo"] == {"format": "JPEG", "compressionQuality": 80,
-                                     "antialiasing": True}
+    assert root["tileImageInfo"] == {
+        "format": "JPEG",
+        "compressionQuality": 80,
+        "antialiasing": True,
+    }
     assert root["units"] == "esriFeet"
     assert (root["minLOD"], root["maxLOD"]) == (0, 11)
     assert (root["minScale"], root["maxScale"]) == (1600000, 600)
     assert root["storageInfo"] == {
-        "storageFormat": "esriMapCacheStorageModeCompactV2", "packetSize": 128
+        "storageFormat": "esriMapCacheStorageModeCompactV2",
+        "packetSize": 128,
     }
     back = scheme_from_tile_info(json.loads(json.dumps(root)), name=oregon.name)
     assert back == oregon

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import json
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from conftest import LiveServer as ServerThread
 from conftest import set_processes
 from PIL import Image
 
@@ -49,51 +48,17 @@ def _make_project(
     return Project.load(root)
 
 
-class LiveServer:
-    """uvicorn serving ``create_app(project)`` in a thread on 127.0.0.1 (a free port)."""
+class LiveServer(ServerThread):
+    """The project's tile server, live on 127.0.0.1."""
 
     def __init__(self, project: Project, **kw) -> None:
         self.project = project
-        config = uvicorn.Config(
-            create_app(project, **kw),
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.name = self.project.root.name
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.name = project.root.name
+        super().__init__(create_app(project, **kw))
 
     @property
     def mapserver(self) -> str:
         return f"{self.base}/arcgis/rest/services/{self.name}/MapServer"
-
-    def raw(self, path: str) -> tuple[int, bytes]:
-        """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.putrequest("GET", path, skip_accept_encoding=True)
-            conn.endheaders()
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
 
 
 def stored_tiles(project: Project) -> dict[tuple[int, int, int], bytes]:

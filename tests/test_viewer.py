@@ -14,8 +14,6 @@ import json
 import re
 import shutil
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,8 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
-from conftest import set_processes
+from conftest import LiveServer, set_processes
 from PIL import Image, ImageChops
 from starlette.applications import Starlette
 
@@ -82,31 +79,6 @@ def run_files(county: Project) -> tuple[dict, dict]:
 def stored(county: Project) -> set[tuple[int, int, int]]:
     with county.open_store(create=False) as store:
         return set(store.iter_tiles())
-
-
-class LiveServer:
-    """uvicorn serving ``app`` in a thread on 127.0.0.1 (a free port)."""
-
-    def __init__(self, app) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.netloc = f"127.0.0.1:{port}"
-        self.base = f"http://{self.netloc}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
     def raw(self, path: str) -> tuple[int, bytes]:
         """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
