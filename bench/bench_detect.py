@@ -50,9 +50,16 @@ def generate(root: Path, n: int) -> None:
     names = np.array([f"P{k}" for k in i], dtype=object)
     kinds = np.where(i % 3 == 0, "a", "b").astype(object)
     owners = np.array([f"owner {k % 997}" for k in i], dtype=object)
-    pyogrio.raw.write(str(root / "parcels.gpkg"), geoms, [names, kinds, owners],
-                      ["name", "kind", "owner"], layer="parcels", driver="GPKG",
-                      geometry_type="Polygon", crs="EPSG:3857")
+    pyogrio.raw.write(
+        str(root / "parcels.gpkg"),
+        geoms,
+        [names, kinds, owners],
+        ["name", "kind", "owner"],
+        layer="parcels",
+        driver="GPKG",
+        geometry_type="Polygon",
+        crs="EPSG:3857",
+    )
 
 
 def snapshot(root: Path) -> None:
@@ -90,8 +97,9 @@ def main() -> None:
         root = Path(tmp)
         for step in (generate, snapshot):
             t = time.perf_counter()
-            p = ctx.Process(target=step, args=(root, args.features) if step is generate
-                            else (root,))
+            p = ctx.Process(
+                target=step, args=(root, args.features) if step is generate else (root,)
+            )
             p.start()
             p.join()
             assert p.exitcode == 0, f"{step.__name__} failed"
@@ -116,8 +124,10 @@ def main() -> None:
         raise SystemExit(f"unexpected full rebuild: {changes.rebuild}")
     c = changes.layers["parcels"]
     print(f"features                {args.features:>12,}")
-    print(f"detected                {c.added} added, {c.modified} modified, {c.deleted} deleted "
-          "(no key field: a restyled feature is delete + add)")
+    print(
+        f"detected                {c.added} added, {c.modified} modified, {c.deleted} deleted "
+        "(no key field: a restyled feature is delete + add)"
+    )
     print(f"change detection        {secs:>12.2f} s   (goal: under 10 s)")
     print(f"peak RSS                {peak:>12.0f} MB  (before: {base:.0f} MB; goal: under 1,500)")
 

@@ -64,10 +64,11 @@ def main() -> None:
         plan = full_plan(project, layers, project.levels)
         boxes = [
             tuple(metatile_bounds(project.scheme, lv, r, c, 4))
-            for lv, mts in plan.levels.items() for r, c in mts.tolist()
+            for lv, mts in plan.levels.items()
+            for r, c in mts.tolist()
         ]
         xml = STYLE.format(kind="shape", path=clatsop_shapefile())
-        chunks = [(xml, boxes[i::args.processes], 1024) for i in range(args.processes)]
+        chunks = [(xml, boxes[i :: args.processes], 1024) for i in range(args.processes)]
         t = time.perf_counter()
         with mp.get_context("fork").Pool(args.processes) as pool:
             raw_tiles = sum(pool.map(_raw_render, chunks))
@@ -77,13 +78,17 @@ def main() -> None:
     print(f"levels {args.levels}, {args.processes} processes, Clatsop buildings (23,953)")
     print(f"meta-tiles rendered     {result['metatiles_rendered']:>10,}")
     print(f"tiles cut / stored      {result['tiles_rendered']:>10,} / {result['tiles_written']:,}")
-    print(f"tiledelta seed          {wall:>10.2f} s  "
-          f"({result['tiles_rendered'] / wall:,.0f} tiles/s of the grid cut, "
-          f"{result['tiles_written'] / wall:,.0f} stored tiles/s)")
+    print(
+        f"tiledelta seed          {wall:>10.2f} s  "
+        f"({result['tiles_rendered'] / wall:,.0f} tiles/s of the grid cut, "
+        f"{result['tiles_written'] / wall:,.0f} stored tiles/s)"
+    )
     print(f"raw Mapnik, same tiles  {raw:>10.2f} s  ({raw_tiles:,} non-solid tiles encoded)")
     print(f"overhead over Mapnik    {100 * (wall - raw) / raw:>10.1f} %")
-    print(f"MapProxy 7 (reference)  {MAPPROXY_SECONDS:>10.2f} s  -> tiledelta is "
-          f"{MAPPROXY_SECONDS / wall:.1f}x faster")
+    print(
+        f"MapProxy 7 (reference)  {MAPPROXY_SECONDS:>10.2f} s  -> tiledelta is "
+        f"{MAPPROXY_SECONDS / wall:.1f}x faster"
+    )
     print(f"peak RSS                {me:>10.0f} MB parent, {kids:.0f} MB largest worker")
 
 

@@ -48,25 +48,36 @@ def main() -> None:
         rng = np.random.default_rng(7)
         picked = rng.choice(len(shp), args.edits, replace=False)
         shp[picked] = shapely.transform(shp[picked], lambda xy: xy + 25.0)
-        pyogrio.raw.write(gpkg, shapely.to_wkb(shp), values, list(meta["fields"]),
-                          layer="buildings", driver="GPKG", geometry_type="Polygon",
-                          crs="EPSG:3857")
+        pyogrio.raw.write(
+            gpkg,
+            shapely.to_wkb(shp),
+            values,
+            list(meta["fields"]),
+            layer="buildings",
+            driver="GPKG",
+            geometry_type="Polygon",
+            crs="EPSG:3857",
+        )
 
         t = time.perf_counter()
         res = update(load_project(root))
         upd_s = time.perf_counter() - t
 
     print(f"Clatsop buildings (23,953), levels {args.levels}, {args.processes} processes")
-    print(f"full seed               {seed_s:>9.1f} s  {full['tiles_written']:,} tiles stored, "
-          f"{full['metatiles_rendered']:,} meta-tiles")
+    print(
+        f"full seed               {seed_s:>9.1f} s  {full['tiles_written']:,} tiles stored, "
+        f"{full['metatiles_rendered']:,} meta-tiles"
+    )
     print(f"peak RSS during seed    {me_seed:>9.0f} MB parent, {kids_seed:.0f} MB largest worker")
     print(f"update after moving {args.edits} buildings:")
     print(f"  end to end            {upd_s:>9.2f} s   (goal: under 5 s)")
     for k, v in res["stages"].items():
         print(f"  {k:<21} {v:>9.2f} s")
     print(f"  meta-tiles rendered   {res['metatiles_rendered']:>9,}")
-    print(f"  tiles rendered        {res['tiles_rendered']:>9,}  written {res['tiles_written']:,},"
-          f" unchanged {res['tiles_unchanged']:,}, removed {res['tiles_removed']:,}")
+    print(
+        f"  tiles rendered        {res['tiles_rendered']:>9,}  written {res['tiles_written']:,},"
+        f" unchanged {res['tiles_unchanged']:,}, removed {res['tiles_removed']:,}"
+    )
     print(f"  speed-up vs full seed {seed_s / upd_s:>9.0f}x")
 
 

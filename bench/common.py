@@ -45,8 +45,16 @@ def make_project(root: Path, levels: str, *, gpkg: bool = False, key: str | None
 
         meta, _f, geoms, values = pyogrio.raw.read(str(src), return_fids=True)
         path = str(root / "buildings.gpkg")
-        pyogrio.raw.write(path, geoms, values, list(meta["fields"]), layer="buildings",
-                          driver="GPKG", geometry_type="Polygon", crs="EPSG:3857")
+        pyogrio.raw.write(
+            path,
+            geoms,
+            values,
+            list(meta["fields"]),
+            layer="buildings",
+            driver="GPKG",
+            geometry_type="Polygon",
+            crs="EPSG:3857",
+        )
         kind = "ogr"
     (root / "style.xml").write_text(STYLE.format(kind=kind, path=path), encoding="utf-8")
     init_project(root, style=root / "style.xml", levels=levels, force=True)
