@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyogrio.raw
 import shapely
-from common import make_project, peak_rss_mb
+from common import make_project, peak_rss_mb, write_buildings
 
 
 def main() -> None:
@@ -48,16 +48,7 @@ def main() -> None:
         rng = np.random.default_rng(7)
         picked = rng.choice(len(shp), args.edits, replace=False)
         shp[picked] = shapely.transform(shp[picked], lambda xy: xy + 25.0)
-        pyogrio.raw.write(
-            gpkg,
-            shapely.to_wkb(shp),
-            values,
-            list(meta["fields"]),
-            layer="buildings",
-            driver="GPKG",
-            geometry_type="Polygon",
-            crs="EPSG:3857",
-        )
+        write_buildings(gpkg, shapely.to_wkb(shp), values, list(meta["fields"]))
 
         t = time.perf_counter()
         res = update(load_project(root))

@@ -45,16 +45,7 @@ def make_project(root: Path, levels: str, *, gpkg: bool = False, key: str | None
 
         meta, _f, geoms, values = pyogrio.raw.read(str(src), return_fids=True)
         path = str(root / "buildings.gpkg")
-        pyogrio.raw.write(
-            path,
-            geoms,
-            values,
-            list(meta["fields"]),
-            layer="buildings",
-            driver="GPKG",
-            geometry_type="Polygon",
-            crs="EPSG:3857",
-        )
+        write_buildings(path, geoms, values, list(meta["fields"]))
         kind = "ogr"
     (root / "style.xml").write_text(STYLE.format(kind=kind, path=path), encoding="utf-8")
     init_project(root, style=root / "style.xml", levels=levels, force=True)
@@ -62,6 +53,22 @@ def make_project(root: Path, levels: str, *, gpkg: bool = False, key: str | None
         toml = root / "tiledelta.toml"
         toml.write_text(toml.read_text() + f'\n[layers.buildings]\nkey = "{key}"\n')
     return root
+
+
+def write_buildings(path: str, wkb, values, fields: list[str]) -> None:
+    """(Re)write the benchmark's buildings GeoPackage layer."""
+    import pyogrio.raw
+
+    pyogrio.raw.write(
+        path,
+        wkb,
+        values,
+        fields,
+        layer="buildings",
+        driver="GPKG",
+        geometry_type="Polygon",
+        crs="EPSG:3857",
+    )
 
 
 def peak_rss_mb() -> tuple[float, float]:

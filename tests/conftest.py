@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -95,3 +98,21 @@ class LiveServer:
             return resp.status, resp.read()
         finally:
             conn.close()
+
+
+GDAL_READ = """
+import json, sys, rasterio
+with rasterio.open(sys.argv[1]) as ds:
+    print(json.dumps({"driver": ds.driver, "crs": str(ds.crs), "count": ds.count,
+                      "width": ds.width}))
+"""
+
+
+def gdal_open(path: Path) -> dict:
+    """Open ``path`` with GDAL in a clean interpreter, without Mapnik's PROJ/GDAL data paths."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PROJ_LIB", "GDAL_DATA", "ICU_DATA")}
+    out = subprocess.run(
+        [sys.executable, "-c", GDAL_READ, str(path)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

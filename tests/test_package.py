@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from conftest import shared_path
+from conftest import gdal_open, shared_path
 from PIL import Image
 
 from tiledelta import sample
@@ -22,23 +19,6 @@ from tiledelta.seed import seed
 from tiledelta.stores.tpkx import open_tpkx
 from tiledelta.thumbnail import render_thumbnail
 from tiledelta.update import update
-
-GDAL_READ = """
-import json, sys, rasterio
-with rasterio.open(sys.argv[1]) as ds:
-    print(json.dumps({"driver": ds.driver, "crs": str(ds.crs), "count": ds.count,
-                      "width": ds.width}))
-"""
-
-
-def gdal_open(path: Path) -> dict:
-    """Open with GDAL in a clean interpreter (mapnik's PROJ_LIB must not leak into GDAL)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PROJ_LIB", "GDAL_DATA", "ICU_DATA")}
-    out = subprocess.run(
-        [sys.executable, "-c", GDAL_READ, str(path)], capture_output=True, text=True, env=env
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_tpkx_opens_in_gdal_and_matches_esri_layout(sample_project: Path, tmp_path: Path) -> None:

@@ -8,14 +8,12 @@ summaries in its description.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import gdal_open
 
 from tiledelta import sample
 from tiledelta.api import init_project, load_project
@@ -35,22 +33,6 @@ from tiledelta.seed import seed
 from tiledelta.thumbnail import render_thumbnail
 
 USER, PASSWORD = "publisher", "s3cret-Portal-Pa55!"
-
-GDAL_READ = """
-import json, sys, rasterio
-with rasterio.open(sys.argv[1]) as ds:
-    print(json.dumps({"driver": ds.driver, "crs": str(ds.crs), "count": ds.count}))
-"""
-
-
-def gdal_open(path: Path) -> dict:
-    """Open with GDAL in a clean interpreter (mapnik's PROJ_LIB must not leak into GDAL)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PROJ_LIB", "GDAL_DATA", "ICU_DATA")}
-    out = subprocess.run(
-        [sys.executable, "-c", GDAL_READ, str(path)], capture_output=True, text=True, env=env
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 @pytest.fixture

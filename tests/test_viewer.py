@@ -9,7 +9,6 @@ checked through Starlette's test client.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import shutil
@@ -79,17 +78,6 @@ def run_files(county: Project) -> tuple[dict, dict]:
 def stored(county: Project) -> set[tuple[int, int, int]]:
     with county.open_store(create=False) as store:
         return set(store.iter_tiles())
-
-    def raw(self, path: str) -> tuple[int, bytes]:
-        """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
-        conn = http.client.HTTPConnection(*self.netloc.split(":"), timeout=10)
-        try:
-            conn.putrequest("GET", path, skip_accept_encoding=True)
-            conn.endheaders()
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -332,12 +332,13 @@ def _check_server(project: Project) -> Check | str:
     url = f"{server}/rest/info?f=json"
     if server.startswith("http://") and not _is_local(server):
         raise CheckFailed(f"{server}: plain http is only allowed for localhost; use https")
-    verify = cfg.verify
-    if isinstance(verify, str):
-        ca = project.resolve(verify)
-        if not ca.is_file():
-            raise CheckFailed(f"[arcgis] verify: CA bundle {ca} not found")
-        verify = str(ca)
+    from tiledelta.arcgis.cache import tls_verify
+    from tiledelta.arcgis.client import ArcGISError
+
+    try:
+        verify = tls_verify(project)
+    except ArcGISError as exc:
+        raise CheckFailed(str(exc)) from exc
     try:
         resp = httpx.get(url, timeout=SERVER_TIMEOUT, verify=verify, follow_redirects=False)
     except httpx.HTTPError as exc:

@@ -146,7 +146,7 @@ def _crs(cur, src: LayerSource, srid: int) -> str | None:
 
 def read_raw(src: LayerSource, key: str | None = None) -> RawLayer:
     """Every row of a postgis layer in key order: 2D WKB, used attributes, keys, CRS."""
-    from tiledelta.sources import RawLayer
+    from tiledelta.sources import RawLayer, require_fields
 
     psycopg = _psycopg(src)
     sql = psycopg.sql
@@ -203,20 +203,9 @@ def read_raw(src: LayerSource, key: str | None = None) -> RawLayer:
             attr_fields = [c for c in fields if c != gfield]
 
             wanted = list(src.attributes)
-            missing = [a for a in wanted if a not in attr_fields]
-            if missing:
-                raise SourceError(
-                    f"layer {src.name!r}: the style uses field(s) {', '.join(missing)} that "
-                    f"{shown} does not have (fields: {', '.join(attr_fields) or 'none'})"
-                )
+            require_fields(src, attr_fields, key, shown)
             key_fields: list[str]
             if key:
-                if key not in attr_fields:
-                    raise SourceError(
-                        f"layer {src.name!r}: key field {key!r} is not in {shown} "
-                        f"(fields: {', '.join(attr_fields) or 'none'}); "
-                        f"fix [layers.{src.name}] key"
-                    )
                 key_fields = [key]
             elif src.params.get("key_field") in attr_fields:
                 key_fields = [src.params["key_field"]]

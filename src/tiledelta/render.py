@@ -11,7 +11,6 @@ full layer.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,25 +127,24 @@ class Renderer:
         for data in layers.values():
             for a in data.attrs:
                 self._context.push(a)
-        self.background = self._background_pixel()
+        self._background = self._render_background()
+        #: the packed RGBA value of a pixel where nothing is drawn
+        self.background = self._background.get_pixel(0, 0)
+        # float slack so the prefilter is never smaller than Mapnik's own query
+        self._slack = query_pad(scheme, scheme.levels[0], 0)
 
-    def _background_pixel(self) -> int:
-        """The packed RGBA value Mapnik paints where no feature is drawn."""
+    def _render_background(self) -> mapnik.Image:
+        """What Mapnik paints where no feature is drawn."""
         for lyr in self.map.layers:
             lyr.datasource = mapnik.MemoryDatasource()
         self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
         im = mapnik.Image(*self.size)
         mapnik.render(self.map, im)
-        return im.get_pixel(0, 0)
+        return im
 
     def blank_tile(self) -> bytes:
         """One tile of pure background, encoded like every other tile."""
-        for lyr in self.map.layers:
-            lyr.datasource = mapnik.MemoryDatasource()
-        self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
-        im = mapnik.Image(*self.size)
-        mapnik.render(self.map, im)
-        view = im.view(0, 0, self.scheme.tile_width, self.scheme.tile_height)
+        view = self._background.view(0, 0, self.scheme.tile_width, self.scheme.tile_height)
         return encode(view, self.settings, opaque=(self.background >> 24) & 0xFF == 255)
 
     def _feature(self, name: str, i: int):
@@ -169,12 +167,11 @@ class Renderer:
 
     def render_bounds(self, b: Bounds, resolution: float) -> mapnik.Image:
         """Draw ``b`` (which must fit the image size at ``resolution``) and return the image."""
-        slack = query_pad(self.scheme, self.scheme.levels[0], 0)
         for name, lyr in self._mlayers.items():
             ds = mapnik.MemoryDatasource()
             tree = self._trees.get(name)
             if tree is not None:
-                pad = self._buffers.get(name, self.settings.buffer) * resolution + slack
+                pad = self._buffers.get(name, self.settings.buffer) * resolution + self._slack
                 box = shapely.box(b.xmin - pad, b.ymin - pad, b.xmax + pad, b.ymax + pad)
                 for i in np.sort(tree.query(box)):
                     ds.add_feature(self._feature(name, int(i)))
@@ -229,11 +226,3 @@ def encode(view, settings: RenderSettings, opaque: bool = False) -> bytes:
     if fmt == "png8":
         return view.to_string("png8")
     return view.to_string(f"jpeg{settings.quality}")
-
-
-def expected_tile_count(scheme: TilingScheme, level: int, bounds: Bounds) -> int:
-    """Tiles of ``level`` over ``bounds`` (for info / estimates)."""
-    res = scheme.resolution(level)
-    return math.ceil((bounds.xmax - bounds.xmin) / (scheme.tile_width * res)) * math.ceil(
-        (bounds.ymax - bounds.ymin) / (scheme.tile_height * res)
-    )

@@ -76,6 +76,7 @@ class RunStats:
     metatiles: int = 0
     levels: dict[int, int] = field(default_factory=dict)  # level -> tiles written (seed)
     changed: list[tuple[int, int, int]] = field(default_factory=list)  # written or removed
+    planned: dict[int, int] = field(default_factory=dict)  # level -> tiles in the plan
     tiles_blank_stored: int = 0  # background-only tiles filled in (blank_tiles = "store")
 
     def count_level(self, level: int) -> None:
@@ -151,7 +152,8 @@ def run_plan(
     tasks, per_group = _tasks(scheme, plan)
     if not tasks:
         return stats
-    total = sum(plan.tile_count(scheme).values())
+    stats.planned = plan.tile_count(scheme)
+    total = sum(stats.planned.values())
     done = [0]
     pending: dict[tuple, list[TileResult]] = {}
     left = dict(per_group)

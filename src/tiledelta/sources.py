@@ -145,6 +145,21 @@ class RawLayer:
     keyed: bool = False  # ids identify features across edits (not row numbers)
 
 
+def require_fields(src: LayerSource, fields: list[str], key: str | None, shown: str) -> None:
+    """:class:`SourceError` unless ``fields`` has every attribute the style uses and ``key``."""
+    missing = [a for a in src.attributes if a not in fields]
+    if missing:
+        raise SourceError(
+            f"layer {src.name!r}: the style uses field(s) {', '.join(missing)} that "
+            f"{shown} does not have (fields: {', '.join(fields) or 'none'})"
+        )
+    if key and key not in fields:
+        raise SourceError(
+            f"layer {src.name!r}: key field {key!r} is not in {shown} "
+            f"(fields: {', '.join(fields) or 'none'}); fix [layers.{src.name}] key"
+        )
+
+
 def _read_gdal(src: LayerSource, key: str | None) -> RawLayer:
     """A file layer through GDAL (pyogrio), in the dataset's full-scan order."""
     _check_exists(src)
@@ -159,17 +174,7 @@ def _read_gdal(src: LayerSource, key: str | None) -> RawLayer:
         ) from exc
     fields = list(info["fields"])
     wanted = list(src.attributes)
-    missing = [a for a in wanted if a not in fields]
-    if missing:
-        raise SourceError(
-            f"layer {src.name!r}: the style uses field(s) {', '.join(missing)} that "
-            f"{Path(src.path).name} does not have (fields: {', '.join(fields) or 'none'})"
-        )
-    if key and key not in fields:
-        raise SourceError(
-            f"layer {src.name!r}: key field {key!r} is not in {Path(src.path).name} "
-            f"(fields: {', '.join(fields) or 'none'}); fix [layers.{src.name}] key"
-        )
+    require_fields(src, fields, key, Path(src.path).name)
     columns = sorted(set(wanted) | ({key} if key else set()))
     try:
         with warnings.catch_warnings():

@@ -235,7 +235,6 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
         )
         _write_journal(project, changes.boxes())
         stats = RunStats()
-        scheme = project.scheme
         keep_before = BeforeTiles(project)
         blank = blank_fill(project)
         top = max(project.levels + changes.dropped_levels)
@@ -262,7 +261,6 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
         if top > max(project.levels):
             project.open_store().close()  # conf.xml lists the configured levels again
         t_render = time.perf_counter()
-        levels_out = plan.tile_count(scheme)
         result = summary(
             project,
             stats,
@@ -274,7 +272,7 @@ def _update(project: Project, *, progress: Callable[[int, int], None] | None = N
                 "render_write": t_render - t_plan,
             },
         )
-        result["levels"] = {str(lv): {"tiles": levels_out.get(lv, 0)} for lv in project.levels}
+        result["levels"] = {str(lv): {"tiles": stats.planned.get(lv, 0)} for lv in project.levels}
         result["changes"] = changes.as_dict()
         run_id = record_build(
             project,

@@ -44,16 +44,22 @@ def arcgis_config(project: Project) -> ArcGISConfig:
     return cfg
 
 
-def connect(project: Project, warn: Callable[[str], None] | None = None) -> ArcGISClient:
-    """A client for the project's server, with credentials from the environment or .env."""
-    cfg = arcgis_config(project)
-    user, password = load_credentials(project.root)
-    verify = cfg.verify
+def tls_verify(project: Project) -> bool | str:
+    """``[arcgis] verify``: True/False, or the resolved path of a private CA bundle."""
+    verify = arcgis_config(project).verify
     if isinstance(verify, str):
         ca = project.resolve(verify)
         if not ca.is_file():
             raise ArcGISError(f"[arcgis] verify: CA bundle {ca} not found")
-        verify = str(ca)
+        return str(ca)
+    return verify
+
+
+def connect(project: Project, warn: Callable[[str], None] | None = None) -> ArcGISClient:
+    """A client for the project's server, with credentials from the environment or .env."""
+    cfg = arcgis_config(project)
+    user, password = load_credentials(project.root)
+    verify = tls_verify(project)
     return ArcGISClient(
         cfg.server,
         user,

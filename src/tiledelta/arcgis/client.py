@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 JOB_DONE = {"esriJobSucceeded", "esriJobFailed", "esriJobTimedOut", "esriJobCancelled"}
 CACHE_TASK = "System/CachingControllers/GPServer/Manage Map Cache Tiles"
-CACHE_TASK_OLD = "System/CachingTools/GPServer/Manage Map Cache Tiles"
 PUBLISH_TASK = "System/PublishingTools/GPServer/Publish Service Definition"
 
 
