@@ -64,8 +64,8 @@ def generate(root: Path, n: int) -> None:
 
 def snapshot(root: Path) -> None:
     from tiledelta.api import init_project, load_project
-    from tiledelta.seed import read_layers
-    from tiledelta.snapshot import record_build
+    from tiledelta.sources import read_layers
+    from tiledelta.change import record_build
 
     (root / "style.xml").write_text(STYLE)
     init_project(root, style=root / "style.xml", levels="10-19", force=True)
@@ -113,7 +113,7 @@ def main() -> None:
         con.close()
 
         from tiledelta.api import load_project
-        from tiledelta.update import detect_changes
+        from tiledelta.change import detect_changes
 
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t = time.perf_counter()

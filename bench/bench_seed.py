@@ -48,13 +48,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from tiledelta.api import load_project
-    from tiledelta.render import metatile_bounds
-    from tiledelta.seed import full_plan, read_layers, seed
+    from tiledelta.grid import metatile_bounds
+    from tiledelta.plan import full_plan
+    from tiledelta.sources import read_layers
+    from tiledelta.api import seed
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_project(Path(tmp) / "clatsop", args.levels)
         project = load_project(root)
-        project.config.render.processes = args.processes
+        project = project.updated(render={"processes": args.processes})
         t = time.perf_counter()
         result = seed(project)
         wall = time.perf_counter() - t

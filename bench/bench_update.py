@@ -29,13 +29,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from tiledelta.api import load_project
-    from tiledelta.seed import seed
-    from tiledelta.update import update
+    from tiledelta.api import seed
+    from tiledelta.api import update
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_project(Path(tmp) / "clatsop", args.levels, gpkg=True, key="FID_1")
         project = load_project(root)
-        project.config.render.processes = args.processes
+        project = project.updated(render={"processes": args.processes})
         project.save()
         t = time.perf_counter()
         full = seed(project)

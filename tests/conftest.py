@@ -53,7 +53,7 @@ def set_processes(root: Path, n: int) -> None:
     from tiledelta.project import Project
 
     p = Project.load(root)
-    p.config.render.processes = n
+    p = p.updated(render={"processes": n})
     p.save()
 
 

@@ -15,17 +15,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.emulator import Emulator, make_service_definition
 
 from tiledelta import sample
-from tiledelta.api import init_project, load_project
-from tiledelta.arcgis.cache import in_window, update_server
-from tiledelta.arcgis.client import ArcGISError
-from tiledelta.arcgis.emulator import Emulator, make_service_definition
-from tiledelta.arcgis.publish import advise, publish
-from tiledelta.project import ArcGISConfig, Project
-from tiledelta.seed import seed
+from tiledelta.api import init_project, load_project, seed
+from tiledelta.change import detect_changes
+from tiledelta.config import ArcGISConfig
+from tiledelta.project import Project
+from tiledelta.publish.arcgis.cache import in_window, update_server
+from tiledelta.publish.arcgis.client import ArcGISError
+from tiledelta.publish.arcgis.publish import advise, publish
 from tiledelta.stores import read_compact_cache
-from tiledelta.update import detect_changes
 
 USER, PASSWORD = "publisher", "s3cret-Pa55!"
 
@@ -52,13 +52,15 @@ def site(tmp_path: Path):
     init_project(county, style=county / "style.xml", levels="13-16", force=True)
     emu = Emulator(tmp_path / "server", username=USER, password=PASSWORD).start()
     project = Project.load(county)
-    project.config.render.processes = 1
-    project.config.arcgis = ArcGISConfig(
-        server=emu.url,
-        service="Tests/County",
-        sd="County.sd",
-        poll_seconds=0.05,
-        busy_timeout_minutes=0.05,
+    project = project.updated(render={"processes": 1})
+    project = project.updated(
+        arcgis=ArcGISConfig(
+            server=emu.url,
+            service="Tests/County",
+            sd="County.sd",
+            poll_seconds=0.05,
+            busy_timeout_minutes=0.05,
+        )
     )
     project.save()
     (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
@@ -143,7 +145,7 @@ def test_http_500s_expired_tokens_and_busy_server_are_weathered(site) -> None:
 def test_busy_server_with_stop_policy_refuses(site) -> None:
     county, emu = site
     project = Project.load(county)
-    project.config.arcgis.when_busy = "stop"
+    project = project.updated(arcgis={"when_busy": "stop"})
     project.save()
     edit_data(county, emu)
     emu.faults.busy = -1
@@ -189,14 +191,14 @@ def test_bad_credentials_service_and_server_give_one_clean_line(site) -> None:
     cases = []
     cases.append(("password", _cli(county, env_password=wrong)))
     project = Project.load(county)
-    project.config.arcgis.service = "Tests/Nope"
+    project = project.updated(arcgis={"service": "Tests/Nope"})
     project.save()
     cases.append(("not found", _cli(county)))
-    project.config.arcgis.service = "Tests/County"
-    project.config.arcgis.server = f"http://127.0.0.1:{_free_port()}/arcgis"
+    project = project.updated(arcgis={"service": "Tests/County"})
+    project = project.updated(arcgis={"server": f"http://127.0.0.1:{_free_port()}/arcgis"})
     project.save()
     cases.append(("cannot reach", _cli(county)))
-    project.config.arcgis.server = emu.url
+    project = project.updated(arcgis={"server": emu.url})
     project.save()
     emu.faults.reject_tokens = True
     cases.append(("token", _cli(county)))
@@ -227,7 +229,7 @@ def test_outside_quiet_hours_nothing_is_sent(site) -> None:
     start = (now + dt.timedelta(hours=2)).strftime("%H:%M")
     end = (now + dt.timedelta(hours=3)).strftime("%H:%M")
     project = Project.load(county)
-    project.config.arcgis.quiet_hours = f"{start}-{end}"
+    project = project.updated(arcgis={"quiet_hours": f"{start}-{end}"})
     project.save()
     edit_data(county, emu)
     n = len(emu.jobs)

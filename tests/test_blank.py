@@ -11,25 +11,24 @@ from pathlib import Path
 import numpy as np
 
 from tiledelta import sample
-from tiledelta.api import load_project
+from tiledelta.api import load_project, seed, update
 from tiledelta.grid import tile_range
 from tiledelta.project import Project
-from tiledelta.seed import seed
+from tiledelta.stores import open_project_store
 from tiledelta.stores.compact import parse_bundle_index
-from tiledelta.update import update
 
 
 def _configure(root: Path) -> tuple:
     p = Project.load(root)
     b = (sample.X0 - 900, sample.Y0 - 500, sample.X0 + 3000, sample.Y0 + 2600)
-    p.config.render.extent = b
-    p.config.cache.blank_tiles = "store"
+    p = p.updated(render={"extent": b})
+    p = p.updated(cache={"blank_tiles": "store"})
     p.save()
     return b
 
 
 def _tiles(root: Path) -> dict:
-    with Project.load(root).open_store(create=False) as s:
+    with open_project_store(Project.load(root), create=False) as s:
         return {a: s.get(*a) for a in s.iter_tiles()}
 
 
@@ -65,9 +64,9 @@ def test_blank_tiles_cover_the_extent_and_survive_updates(
 
 
 def test_store_without_extent_is_refused(sample_project: Path) -> None:
-    p = Project.load(sample_project)
-    p.config.cache.blank_tiles = "store"
-    p.save()
+    toml = sample_project / "tiledelta.toml"
+    text = toml.read_text().replace('blank_tiles = "skip"', 'blank_tiles = "store"')
+    toml.write_text(text, encoding="utf-8")
     out = subprocess.run(
         [sys.executable, "-m", "tiledelta.cli", "seed", "--project", str(sample_project)],
         capture_output=True,

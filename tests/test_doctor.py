@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import set_processes
+from support.emulator import Emulator
 
-from tiledelta.api import init_project, load_project
-from tiledelta.arcgis.emulator import Emulator
-from tiledelta.doctor import Check, exit_code, report, run_checks
-from tiledelta.project import ArcGISConfig, Project
-from tiledelta.seed import seed
+from tiledelta.api import init_project, load_project, seed
+from tiledelta.config import ArcGISConfig
+from tiledelta.ops.doctor import Check, exit_code, report, run_checks
+from tiledelta.project import Project
 
 USER, PASSWORD = "doctor-user", "Sup3r-s3cret-pw!"
 LAYERS = ("water", "parcels", "buildings", "roads")
@@ -51,7 +51,7 @@ def failed(checks: list[Check]) -> list[str]:
 
 def configure_arcgis(root: Path, server: str) -> None:
     p = Project.load(root)
-    p.config.arcgis = ArcGISConfig(server=server, service="Tests/County")
+    p = p.updated(arcgis=ArcGISConfig(server=server, service="Tests/County"))
     p.save()
 
 

@@ -21,13 +21,13 @@ import pyogrio.raw
 import pytest
 import shapely
 from shapely.geometry import Polygon, box
+from support.emulator import Emulator, Faults
 
 from tiledelta import sample
-from tiledelta.api import init_project, load_project
-from tiledelta.arcgis.emulator import Emulator, Faults
-from tiledelta.grid import WEB_MERCATOR_SCALE_0, tile_bounds, web_mercator
+from tiledelta.api import init_project, load_project, seed
+from tiledelta.grid import tile_bounds, web_mercator
+from tiledelta.grid.tiles import WEB_MERCATOR_SCALE_0
 from tiledelta.project import Project
-from tiledelta.seed import seed
 from tiledelta.stores import read_compact_cache
 
 USER, PASSWORD = "publisher", "pa55-W0rd!x"
@@ -199,7 +199,7 @@ def county(tmp_path_factory) -> Path:
     sample.generate(root)
     init_project(root, style=root / "style.xml", levels="13-16", force=True)
     project = Project.load(root)
-    project.config.render.processes = 1
+    project = project.updated(render={"processes": 1})
     project.save()
     seed(load_project(root))
     return root
@@ -583,11 +583,14 @@ def test_faults(emu, client, published):
 
 def test_cli_serves_and_hides_the_password(tmp_path):
     env = {**os.environ, "ARCGIS_PASSWORD": PASSWORD}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).parent), env.get("PYTHONPATH")) if p
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tiledelta.arcgis.emulator",
+            "support.emulator",
             "--root",
             str(tmp_path),
             "--port",
@@ -618,7 +621,7 @@ def test_cli_serves_and_hides_the_password(tmp_path):
 
 
 def test_multipart_parser_keeps_binary_bytes():
-    from tiledelta.arcgis.emulator import parse_multipart
+    from support.emulator import parse_multipart
 
     payload = bytes(range(256)) * 4 + b"\r\n--not-the-boundary\r\n"
     body = (

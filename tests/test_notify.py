@@ -18,17 +18,10 @@ from PIL import Image
 
 from tiledelta import sample
 from tiledelta.api import init_project, load_project
-from tiledelta.notify import (
-    EmailConfig,
-    NotifyConfig,
-    WebhookConfig,
-    notify,
-    notify_failure,
-    notify_run,
-    wanted,
-)
+from tiledelta.config import EmailConfig, NotifyConfig, WebhookConfig
 from tiledelta.project import Project
-from tiledelta.report import write_report
+from tiledelta.runs.notify import notify, notify_failure, notify_run, wanted
+from tiledelta.runs.report import write_report
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
@@ -44,10 +37,9 @@ def run(tmp_path_factory) -> dict:
     sample.generate(root)
     init_project(root, style=root / "style.xml", levels="13-15", force=True)
     p = Project.load(root)
-    p.config.render.processes = 1
+    p = p.updated(render={"processes": 1})
     p.save()
-    from tiledelta.seed import seed
-    from tiledelta.update import update
+    from tiledelta.api import seed, update
 
     seed(load_project(root))
     sample.apply_edits(root)
@@ -231,7 +223,7 @@ def test_email_wrong_password_never_leaks(run, smtp_plain, monkeypatch, caplog):
 def test_email_without_credentials_and_failure_message(run, smtp_plain):
     inbox, port = smtp_plain
     cfg = _email_cfg(port)
-    cfg.on = "failure"
+    cfg = cfg.model_copy(update={"on": "failure"})
     project = run["project"]
     assert notify(project, run["result"], ok=True, folder=run["folder"], config=cfg) == []
     assert inbox.messages == []
@@ -385,7 +377,7 @@ def test_when_to_notify(run):
 
 
 def test_config_from_toml():
-    from tiledelta.project import ProjectConfig
+    from tiledelta.config import ProjectConfig
 
     if "notify" not in ProjectConfig.model_fields:
         pytest.skip("ProjectConfig has no notify field yet")

@@ -12,13 +12,12 @@ from conftest import gdal_open, shared_path
 from PIL import Image
 
 from tiledelta import sample
-from tiledelta.api import load_project
-from tiledelta.package import write_tpkx
+from tiledelta.api import load_project, seed, update
 from tiledelta.project import Project
-from tiledelta.seed import seed
+from tiledelta.publish.package import write_tpkx
+from tiledelta.publish.thumbnail import render_thumbnail
+from tiledelta.stores import open_project_store
 from tiledelta.stores.tpkx import open_tpkx
-from tiledelta.thumbnail import render_thumbnail
-from tiledelta.update import update
 
 
 def test_tpkx_opens_in_gdal_and_matches_esri_layout(sample_project: Path, tmp_path: Path) -> None:
@@ -52,7 +51,7 @@ def test_tpkx_opens_in_gdal_and_matches_esri_layout(sample_project: Path, tmp_pa
     assert item["type"] == "Compact Tile Package" and "tpkx" in item["typeKeywords"]
     # Every tile in the package equals the cache's.
     reader = open_tpkx(out)
-    with Project.load(sample_project).open_store(create=False) as store:
+    with open_project_store(Project.load(sample_project), create=False) as store:
         stored = {a: store.get(*a) for a in store.iter_tiles()}
     packaged = {a: reader.get(*a) for a in reader.iter_tiles()}
     assert packaged == stored
@@ -63,11 +62,11 @@ def test_changed_only_package_holds_exactly_the_updated_tiles(
     sample_project: Path, tmp_path: Path
 ) -> None:
     seed(load_project(sample_project))
-    with Project.load(sample_project).open_store(create=False) as store:
+    with open_project_store(Project.load(sample_project), create=False) as store:
         before = {a: store.get(*a) for a in store.iter_tiles()}
     sample.apply_edits(sample_project)
     update(load_project(sample_project))
-    with Project.load(sample_project).open_store(create=False) as store:
+    with open_project_store(Project.load(sample_project), create=False) as store:
         after = {a: store.get(*a) for a in store.iter_tiles()}
     changed_or_new = {a for a, d in after.items() if before.get(a) != d}
     out = tmp_path / "patch.tpkx"

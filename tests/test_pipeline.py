@@ -14,10 +14,10 @@ import rasterio
 from conftest import set_processes
 from PIL import Image
 
-from tiledelta.api import init_project, load_project
+from tiledelta.api import init_project, load_project, seed
 from tiledelta.grid import tile_bounds
 from tiledelta.project import Project
-from tiledelta.seed import seed
+from tiledelta.stores import open_project_store
 from tiledelta.stores.compact import scheme_from_conf_xml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -37,7 +37,7 @@ def test_seed_compact_cache_reads_back_in_gdal(sample_project: Path) -> None:
     result = seed(load_project(sample_project))
     assert result["tiles_written"] > 100
     project = Project.load(sample_project)
-    with project.open_store(create=False) as store:
+    with open_project_store(project, create=False) as store:
         counts = store.count()
         assert sorted(counts) == [13, 14, 15, 16, 17]
         assert sum(counts.values()) == result["tiles_written"]
@@ -74,7 +74,7 @@ def test_seed_json_and_info_json(sample_project: Path) -> None:
 @pytest.mark.parametrize("kind", ["mbtiles", "xyz"])
 def test_same_seed_into_mbtiles_and_xyz(sample_project: Path, kind: str, tmp_path: Path) -> None:
     seed(load_project(sample_project))
-    with Project.load(sample_project).open_store(create=False) as compact:
+    with open_project_store(Project.load(sample_project), create=False) as compact:
         reference = {a: compact.get(*a) for a in compact.iter_tiles()}
     other = tmp_path / "other"
     import shutil
@@ -84,7 +84,7 @@ def test_same_seed_into_mbtiles_and_xyz(sample_project: Path, kind: str, tmp_pat
     set_processes(other, 2)
     seed(load_project(other))
     project = Project.load(other)
-    with project.open_store(create=False) as store:
+    with open_project_store(project, create=False) as store:
         got = {a: store.get(*a) for a in store.iter_tiles()}
     assert got == reference
     if kind == "mbtiles":
@@ -115,7 +115,7 @@ def test_state_plane_scheme_builds_and_conf_xml_round_trips(
     conf = project.cache_path / "conf.xml"
     back = scheme_from_conf_xml(conf)
     assert back.same_grid(project.scheme)
-    with project.open_store(create=False) as store:
+    with open_project_store(project, create=False) as store:
         lv, row, col = next(store.iter_tiles(9))
         img = decode(store.get(lv, row, col))
     assert img.shape == (256, 256, 4)
@@ -206,5 +206,5 @@ def test_init_with_sources_writes_a_default_style_that_renders(
     assert names == ["water", "roads", "parcels", "buildings"]
     # Roads and water have a name field, so the default style labels them.
     assert project.style.layer("roads").attributes == ("name",)
-    project.config.render.processes = 1
+    project = project.updated(render={"processes": 1})
     assert seed(project)["tiles_written"] > 0

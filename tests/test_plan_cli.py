@@ -10,9 +10,7 @@ from pathlib import Path
 import shapely
 
 from tiledelta import sample
-from tiledelta.api import load_project
-from tiledelta.seed import seed
-from tiledelta.update import update
+from tiledelta.api import load_project, seed, update
 
 
 def cli(*args: str) -> dict:

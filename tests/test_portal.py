@@ -14,23 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import gdal_open
+from support.emulator import Emulator, make_service_definition
 
 from tiledelta import sample
-from tiledelta.api import init_project, load_project
-from tiledelta.arcgis.cache import connect, update_server
-from tiledelta.arcgis.client import ArcGISError
-from tiledelta.arcgis.emulator import Emulator, make_service_definition
-from tiledelta.arcgis.publish import (
+from tiledelta.api import init_project, load_project, seed
+from tiledelta.config import ArcGISConfig
+from tiledelta.project import Project
+from tiledelta.publish.arcgis.cache import connect, update_server
+from tiledelta.publish.arcgis.client import ArcGISError
+from tiledelta.publish.arcgis.publish import (
     describe_run,
     publish,
     run_summary,
     set_item_thumbnail,
     upload_package,
 )
-from tiledelta.package import write_tpkx
-from tiledelta.project import ArcGISConfig, Project
-from tiledelta.seed import seed
-from tiledelta.thumbnail import render_thumbnail
+from tiledelta.publish.package import write_tpkx
+from tiledelta.publish.thumbnail import render_thumbnail
 
 USER, PASSWORD = "publisher", "s3cret-Portal-Pa55!"
 
@@ -44,15 +44,17 @@ def site(tmp_path: Path):
     emu = Emulator(tmp_path / "server", username=USER, password=PASSWORD, portal=True).start()
     item_id = emu.portal_add_item(USER, "Compact Tile Package", "County basemap")
     project = Project.load(county)
-    project.config.render.processes = 1
-    project.config.arcgis = ArcGISConfig(
-        server=emu.url,
-        service="Tests/County",
-        portal=emu.portal_url,
-        item_id=item_id,
-        sd="County.sd",
-        poll_seconds=0.05,
-        busy_timeout_minutes=0.05,
+    project = project.updated(render={"processes": 1})
+    project = project.updated(
+        arcgis=ArcGISConfig(
+            server=emu.url,
+            service="Tests/County",
+            portal=emu.portal_url,
+            item_id=item_id,
+            sd="County.sd",
+            poll_seconds=0.05,
+            busy_timeout_minutes=0.05,
+        )
     )
     project.save()
     (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
@@ -195,7 +197,7 @@ def test_tile_package_is_uploaded_to_the_item(site, tmp_path: Path) -> None:
 def test_publish_sets_thumbnail_and_describes_the_run(site) -> None:
     county, emu, item_id = site
     project = Project.load(county)
-    project.config.arcgis.describe_runs = True
+    project = project.updated(arcgis={"describe_runs": True})
     project.save()
     make_service_definition(county, county / "County.sd", "Tests", "County", keep_cache=True)
     lines: list[str] = []

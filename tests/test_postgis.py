@@ -16,13 +16,14 @@ import numpy as np
 import pyogrio.raw
 import pytest
 
-from tiledelta.api import init_project, load_project
+from tiledelta.api import init_project, load_project, seed, update
+from tiledelta.change import detect_changes
+from tiledelta.config import LayerConfig
 from tiledelta.errors import SourceError
-from tiledelta.project import LayerConfig, Project
-from tiledelta.seed import read_layers, seed
-from tiledelta.sources import read_layer
+from tiledelta.project import Project
+from tiledelta.sources import read_layer, read_layers
+from tiledelta.stores import open_project_store
 from tiledelta.style import load_style
-from tiledelta.update import detect_changes, update
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
@@ -105,7 +106,7 @@ def _heap_order(pg, table: str) -> list[int]:
 
 
 def _all_tiles(project_dir: Path) -> dict:
-    with Project.load(project_dir).open_store(create=False) as s:
+    with open_project_store(Project.load(project_dir), create=False) as s:
         return {a: s.get(*a) for a in s.iter_tiles()}
 
 
@@ -127,9 +128,9 @@ def test_postgis_updates_to_a_fresh_seed(
     (root / "style.xml").write_text(STYLE.format(params=_params(table)))
     init_project(root, style=root / "style.xml", levels="14-16", force=True)
     project = Project.load(root)
-    project.config.render.processes = 1
+    project = project.updated(render={"processes": 1})
     if key:
-        project.config.layers = {"buildings": LayerConfig(key=key)}
+        project = project.updated(layers={"buildings": LayerConfig(key=key)})
     project.save()
     seed(load_project(root))
 
@@ -220,7 +221,7 @@ def test_project_key_field_is_used(pg, table, county, tmp_path) -> None:
     (tmp_path / "style.xml").write_text(STYLE.format(params=_params(table)))
     init_project(tmp_path, style=tmp_path / "style.xml", levels="14", force=True)
     project = Project.load(tmp_path)
-    project.config.layers = {"buildings": LayerConfig(key="ref")}
+    project = project.updated(layers={"buildings": LayerConfig(key="ref")})
     project.save()
     data = read_layers(load_project(tmp_path))["buildings"]
     assert list(data.keys) == [f"r{i:05d}" for i in range(1, len(county[0]) + 1)]

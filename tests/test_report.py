@@ -15,10 +15,7 @@ from tiledelta import sample
 from tiledelta.api import init_project, load_project
 from tiledelta.grid import tile_bounds
 from tiledelta.project import Project
-from tiledelta.report import (
-    COLOR_NEW,
-    COLOR_OLD,
-    COLOR_TILE,
+from tiledelta.runs.report import (
     changemap_frame,
     find_run,
     latest_report,
@@ -26,6 +23,7 @@ from tiledelta.report import (
     report_text,
     write_report,
 )
+from tiledelta.runs.report.report import COLOR_NEW, COLOR_OLD, COLOR_TILE
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +33,9 @@ def runs(tmp_path_factory) -> dict:
     sample.generate(root)
     init_project(root, style=root / "style.xml", levels="13-16", force=True)
     p = Project.load(root)
-    p.config.render.processes = 1
+    p = p.updated(render={"processes": 1})
     p.save()
-    from tiledelta.seed import seed
-    from tiledelta.update import update
+    from tiledelta.api import seed, update
 
     seeded = seed(load_project(root))
     sample.apply_edits(root)
@@ -267,7 +264,7 @@ def test_html_escapes_and_shows_errors():
 
 def test_report_without_a_map(runs, tmp_path, monkeypatch, caplog):
     """A run folder whose change map cannot be drawn still gets its report."""
-    import tiledelta.report as report
+    import tiledelta.runs.report.report as report
 
     def broken(*_a, **_k):
         raise RuntimeError("no map today")
@@ -288,7 +285,7 @@ def test_update_without_changes(runs, tmp_path):
     """An update that found nothing: the map shows the data extent, noted as such."""
     import shutil
 
-    from tiledelta.update import update
+    from tiledelta.api import update
 
     root = tmp_path / "county"
     shutil.copytree(runs["root"], root)

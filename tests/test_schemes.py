@@ -14,14 +14,9 @@ from tiledelta.errors import SchemeError
 from tiledelta.grid import (
     Bounds,
     TilingScheme,
+    crs_from_spatial_reference,
     grid_size,
     is_web_mercator,
-    tile_bounds,
-    tile_range,
-    web_mercator,
-)
-from tiledelta.schemes import (
-    crs_from_spatial_reference,
     load_scheme,
     scheme_from_tile_info,
     scheme_inches_per_unit,
@@ -29,6 +24,9 @@ from tiledelta.schemes import (
     scheme_to_root_json,
     scheme_to_tile_info,
     select_levels,
+    tile_bounds,
+    tile_range,
+    web_mercator,
 )
 
 REPO = Path(__file__).resolve().parents[1]

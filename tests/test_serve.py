@@ -24,10 +24,10 @@ from conftest import LiveServer as ServerThread
 from conftest import set_processes
 from PIL import Image
 
-from tiledelta.api import init_project, load_project
+from tiledelta.api import init_project, load_project, seed
 from tiledelta.project import Project
-from tiledelta.seed import seed
-from tiledelta.serve import create_app
+from tiledelta.serve.app import create_app
+from tiledelta.stores import open_project_store
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 STATE_PLANE = EXAMPLES / "schemes" / "oregon_north_2913.json"
@@ -62,7 +62,7 @@ class LiveServer(ServerThread):
 
 
 def stored_tiles(project: Project) -> dict[tuple[int, int, int], bytes]:
-    with project.open_store(create=False) as store:
+    with open_project_store(project, create=False) as store:
         return {addr: store.get(*addr) for addr in store.iter_tiles()}
 
 
@@ -110,7 +110,7 @@ def test_arcgis_catalog_and_mapserver_json(compact: LiveServer) -> None:
     assert doc["units"] == "esriMeters"
     assert doc["minScale"] == pytest.approx(project.scheme.lod(13).scale)
     assert doc["maxScale"] == pytest.approx(project.scheme.lod(16).scale)
-    with project.open_store(create=False) as store:
+    with open_project_store(project, create=False) as store:
         cdi = store.read_extent()
     full = doc["fullExtent"]
     assert [full[k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx(list(cdi))

@@ -10,12 +10,14 @@ import pyogrio.raw
 import pytest
 import shapely
 
-from tiledelta.api import init_project, load_project
+from tiledelta.api import init_project, load_project, seed, update
+from tiledelta.change import detect_changes
+from tiledelta.config import LayerConfig
 from tiledelta.errors import SourceError
-from tiledelta.project import LayerConfig, Project
-from tiledelta.seed import read_layers, seed
+from tiledelta.project import Project
+from tiledelta.sources import read_layers
+from tiledelta.stores import open_project_store
 from tiledelta.style import load_style
-from tiledelta.update import detect_changes, update
 
 STYLE = """<Map srs="epsg:3857" background-color="#ffffff">
   <Style name="b">
@@ -69,7 +71,7 @@ def _write(path: Path, driver: str, geoms, fields: dict) -> None:
 
 
 def _all_tiles(project_dir: Path) -> dict:
-    with Project.load(project_dir).open_store(create=False) as s:
+    with open_project_store(Project.load(project_dir), create=False) as s:
         return {a: s.get(*a) for a in s.iter_tiles()}
 
 
@@ -94,8 +96,8 @@ def test_each_format_updates_to_a_fresh_seed(kind: str, buildings, tmp_path: Pat
     (root / "style.xml").write_text(STYLE.format(params=xml_params))
     init_project(root, style=root / "style.xml", levels="14-16", force=True)
     project = Project.load(root)
-    project.config.render.processes = 1
-    project.config.layers = {"buildings": LayerConfig(key="bid")}
+    project = project.updated(render={"processes": 1})
+    project = project.updated(layers={"buildings": LayerConfig(key="bid")})
     project.save()
     seed(load_project(root))
 

@@ -17,15 +17,16 @@ import pytest
 from PIL import Image
 
 from tiledelta.errors import CacheError
-from tiledelta.grid import LOD, Bounds, TilingScheme, is_web_mercator, web_mercator
-from tiledelta.stores import (
-    CompactCache,
-    open_store,
-    open_tpkx,
-    read_compact_cache,
+from tiledelta.grid import (
+    LOD,
+    Bounds,
+    TilingScheme,
+    is_web_mercator,
     scheme_from_conf_xml,
     scheme_to_conf_xml,
+    web_mercator,
 )
+from tiledelta.stores import CompactCache, open_store, open_tpkx, read_compact_cache
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SAMPLES = SHARED / "data" / "esri_samples"

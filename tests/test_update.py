@@ -32,15 +32,23 @@ from PIL import Image
 from shapely.geometry import box
 
 from tiledelta import api, sample
+from tiledelta.api import seed, update
+from tiledelta.change import detect_changes
+from tiledelta.config import LayerConfig
 from tiledelta.errors import LockedError
-from tiledelta.grid import LOD, Bounds, TilingScheme, web_mercator
-from tiledelta.plan import metatile_grid, metatiles_for_boxes
-from tiledelta.project import LayerConfig
-from tiledelta.render import metatile_bounds, query_pad
+from tiledelta.grid import (
+    LOD,
+    Bounds,
+    TilingScheme,
+    metatile_bounds,
+    metatile_grid,
+    metatiles_for_boxes,
+    query_pad,
+    web_mercator,
+)
+from tiledelta.project import project_lock
 from tiledelta.sample import _read, _write
-from tiledelta.seed import seed
-from tiledelta.stores import read_compact_cache
-from tiledelta.update import detect_changes, project_lock, update
+from tiledelta.stores import open_project_store, read_compact_cache
 
 CLI = Path(sys.executable).parent / "tiledelta"  # the venv's console script
 CLATSOP = Path(__file__).resolve().parents[2] / "shared" / "data" / "clatsop_buildings"
@@ -82,7 +90,7 @@ def read_cache(project_dir: Path) -> dict[tuple[int, int, int], bytes]:
     if project.config.cache.kind == "compact":  # read-only: no conf.xml rewrite, any level
         opened = read_compact_cache(project.cache_path)
     else:
-        opened = project.open_store(create=False)
+        opened = open_project_store(project, create=False)
     with opened as store:
         for lv, r, c in store.iter_tiles():
             data = store.get(lv, r, c)
@@ -138,7 +146,7 @@ def layer_state(gpkg: Path, layer: str, attrs: tuple[str, ...], key: str | None 
 
 def set_processes(project_dir: Path, n: int) -> None:
     project = api.load_project(project_dir)
-    project.config.render.processes = n
+    project = project.updated(render={"processes": n})
     project.save()
 
 
@@ -152,9 +160,9 @@ def make_sample(folder: Path, *, keyed: bool = False, levels: str = LEVELS) -> P
         folder, style=folder / "style.xml", levels=levels, cache_kind="compact", force=True
     )
     project = api.load_project(folder)
-    project.config.render.processes = 1
+    project = project.updated(render={"processes": 1})
     if keyed:
-        project.config.layers = {"buildings": LayerConfig(key="bid")}
+        project = project.updated(layers={"buildings": LayerConfig(key="bid")})
     project.save()
     seed(api.load_project(folder))
     return folder
@@ -321,7 +329,7 @@ def test_keyed_move_is_modified(keyed_base, tmp_path):
     assert len(ch.old_boxes) == 2 and len(ch.new_boxes) == 2
     # Without the key the same edits are two deletions and two additions.
     project = api.load_project(d)
-    project.config.layers = {}
+    project = project.updated(layers={})
     ch = detect_changes(project).layers["buildings"]
     assert (ch.added, ch.modified, ch.deleted) == (2, 0, 2)
     update(api.load_project(d))
@@ -578,7 +586,7 @@ def test_style_change_rebuilds(proj):
 def test_level_added_with_data_edit(proj):
     set_processes(proj, 2)
     project = api.load_project(proj)
-    project.config.levels = "13-18"
+    project = project.updated(levels="13-18")
     project.save()
     # A data edit in the same run: old levels get its dirty tiles, level 18 everything.
     geoms, f = _read(gpkg_of(proj), "buildings")
@@ -597,7 +605,7 @@ def test_level_added_with_data_edit(proj):
 def test_lowest_level_dropped(proj):
     counts = read_cache_counts(proj)
     project = api.load_project(proj)
-    project.config.levels = "14-17"
+    project = project.updated(levels="14-17")
     project.save()
     changes = detect_changes(api.load_project(proj))
     assert changes.dropped_levels == [13] and changes.new_levels == []
@@ -611,7 +619,7 @@ def test_lowest_level_dropped(proj):
 def test_top_levels_dropped(proj):
     counts = read_cache_counts(proj)
     project = api.load_project(proj)
-    project.config.levels = "13-15"
+    project = project.updated(levels="13-15")
     project.save()
     changes = detect_changes(api.load_project(proj))
     assert changes.dropped_levels == [16, 17] and changes.new_levels == []
@@ -788,7 +796,7 @@ def test_lock_held_by_another_process(proj):
             "-c",
             "import sys, time\n"
             "from tiledelta.api import load_project\n"
-            "from tiledelta.update import project_lock\n"
+            "from tiledelta.project import project_lock\n"
             "with project_lock(load_project(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(60)\n",

@@ -24,13 +24,13 @@ from conftest import LiveServer, set_processes
 from PIL import Image, ImageChops
 from starlette.applications import Starlette
 
-from tiledelta import sample, viewer
-from tiledelta.api import init_project, load_project
+from tiledelta import sample
+from tiledelta.api import init_project, load_project, seed, update
 from tiledelta.project import Project
-from tiledelta.runlog import latest_run
-from tiledelta.seed import seed
-from tiledelta.serve import create_app
-from tiledelta.update import update
+from tiledelta.runs.folder import latest_run
+from tiledelta.serve import viewer
+from tiledelta.serve.app import create_app
+from tiledelta.stores import open_project_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -76,7 +76,7 @@ def run_files(county: Project) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def stored(county: Project) -> set[tuple[int, int, int]]:
-    with county.open_store(create=False) as store:
+    with open_project_store(county, create=False) as store:
         return set(store.iter_tiles())
 
 
@@ -409,7 +409,7 @@ def _before_rows(folder: Path) -> dict[tuple[int, int, int], bytes | None]:
 
 
 def _current(county: Project, level: int, row: int, col: int) -> bytes | None:
-    with county.open_store(create=False) as store:
+    with open_project_store(county, create=False) as store:
         return store.get(level, row, col)
 
 

@@ -18,14 +18,13 @@ import pytest
 import shapely.affinity
 from conftest import set_processes
 
-from tiledelta import watch as W
-from tiledelta.api import init_project, load_project
+from tiledelta.api import init_project, load_project, seed
+from tiledelta.change import detect_changes
+from tiledelta.config import NotifyConfig, WebhookConfig
 from tiledelta.errors import ConfigError
-from tiledelta.notify import NotifyConfig, WebhookConfig
+from tiledelta.ops import watch as W
 from tiledelta.project import Project
 from tiledelta.sample import _read, _write
-from tiledelta.seed import seed
-from tiledelta.update import detect_changes
 
 NOON = dt.datetime(2026, 3, 2, 12, 0)
 NIGHT = dt.datetime(2026, 3, 2, 23, 30)
@@ -275,7 +274,7 @@ def webhook():
 def test_notifications_go_out_once_per_distinct_failure(county: Path, webhook) -> None:
     url, posts = webhook
     p = Project.load(county)
-    p.config.notify = NotifyConfig(on="always", webhook=WebhookConfig(url=url, kind="json"))
+    p = p.updated(notify=NotifyConfig(on="always", webhook=WebhookConfig(url=url, kind="json")))
     p.save()
     style = county / "style.xml"
     good = style.read_text()
@@ -323,8 +322,6 @@ def test_throttle_arithmetic() -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_throttle_keeps_a_real_job_under_the_rate(county: Path, workers: int) -> None:
-    if workers > 1 and not W.runner_throttles():
-        pytest.skip("pacing pool workers needs the runner hook ([render] max_tiles_per_second)")
     rate = 100.0
     move_building(county)
     w = W.Watcher(county, max_tiles_per_second=rate, max_workers=workers, say=lambda _m: None)

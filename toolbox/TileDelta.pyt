@@ -108,7 +108,7 @@ class Publish:
         return [_project_param()]
 
     def execute(self, parameters, messages):
-        from tiledelta.arcgis.publish import publish
+        from tiledelta.publish.arcgis.publish import publish
 
         project = _run(api.load_project, parameters[0].valueAsText)
         _run(publish, project, say=arcpy.AddMessage)

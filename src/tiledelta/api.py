@@ -1,23 +1,65 @@
-"""The library calls behind the CLI and the ArcGIS Pro toolbox."""
+"""The library calls behind the CLI and the ArcGIS Pro toolbox.
+
+Every command runs through here: :func:`seed` and :func:`update` (and the server-side
+update) go through the one run lifecycle (:func:`tiledelta.runs.run`); the rest read.
+Nothing here imports Mapnik unless it renders.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tiledelta.errors import ConfigError, TileDeltaError
-from tiledelta.project import PROJECT_FILE, CacheConfig, LayerConfig, Project, ProjectConfig
+from tiledelta import sample
+from tiledelta.build import build_full, build_update
+from tiledelta.build.context import Progress
+from tiledelta.change import detect_changes, measured_speed, write_aoi
+from tiledelta.config import CacheConfig, LayerConfig, ProjectConfig
+from tiledelta.errors import ConfigError
+from tiledelta.plan import full_plan, update_plan
+from tiledelta.project import PROJECT_FILE, Project
+from tiledelta.publish.arcgis.cache import update_server
+from tiledelta.render import mapnik_installed
+from tiledelta.runs import run
+from tiledelta.sources import describe, display_path, list_layers, read_layers
+from tiledelta.stores import open_project_store
+from tiledelta.style import default_style
 
 
 def load_project(directory: Path | str) -> Project:
-    """Load and validate a project (style, scheme and levels included)."""
-    from tiledelta.style import validate
+    """Load and validate a project: configuration, scheme, levels and style.
 
+    Where Mapnik is installed the style is also loaded into Mapnik strictly, so its
+    errors (unknown properties, bad colours, missing fonts) surface before any work.
+    """
     project = Project.load(Path(directory))
-    project.check()
-    validate(project.style)  # errors surface before any work
-    project.levels  # noqa: B018
+    project.style  # noqa: B018 - parse errors first
+    if mapnik_installed():
+        # Mapnik is optional (the server path runs without it): imported only when present.
+        from tiledelta.render.validate import validate_style
+
+        validate_style(project.style)
     return project
+
+
+def seed(
+    project: Project, *, progress: Progress | None = None, notify: bool = True
+) -> dict[str, Any]:
+    """Build the whole cache anew and record the snapshot; return the run summary."""
+    return run(project, build_full, name="seed", progress=progress, notify=notify).as_json()
+
+
+def update(
+    project: Project, *, progress: Progress | None = None, notify: bool = True
+) -> dict[str, Any]:
+    """Bring the cache up to date with the data; return the run summary (``--json``)."""
+    summary = run(
+        project, build_update, name="update", progress=progress, notify=notify, keep_before=True
+    )
+    return summary.as_json()
 
 
 def init_project(
@@ -55,11 +97,8 @@ def init_project(
         cache=CacheConfig(kind=cache_kind, path=cache_path, format=fmt),
     )
     project = Project(directory, cfg)
-    try:
-        project.style  # noqa: B018 - validate before writing
-        project.levels  # noqa: B018
-    except TileDeltaError:
-        raise
+    project.check()  # scheme and levels, before writing
+    project.style  # noqa: B018
     return project.save()
 
 
@@ -71,9 +110,6 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def _write_default_style(directory: Path, sources: list[str]) -> None:
-    from tiledelta.sources import describe, list_layers
-    from tiledelta.style import default_style
-
     described = []
     for spec in sources:
         path, _, layer = spec.partition("::") if "::" in spec else _split_layer(spec)
@@ -108,12 +144,10 @@ def _split_layer(spec: str) -> tuple[str, str, str]:
 
 def project_info(project: Project) -> dict:
     """Scheme, levels, layers, cache and stored tiles per level."""
-    from tiledelta.sources import display_path
-
     scheme = project.scheme
     counts: dict[int, int] = {}
     if project.cache_path.exists():
-        with project.open_store(create=False) as store:
+        with open_project_store(project, create=False) as store:
             counts = store.count()
     return {
         "project": str(project.root),
@@ -160,10 +194,6 @@ def run_demo(
     verify: bool = True,
 ) -> dict:
     """The main job on sample data: build a sample county's cache, edit the data, update."""
-    from tiledelta import sample
-    from tiledelta.seed import seed
-    from tiledelta.update import update
-
     directory = Path(directory)
     counts = sample.generate(directory)
     say(
@@ -177,10 +207,8 @@ def run_demo(
         cache_kind=cache_kind,
         force=True,
     )
-    project = Project.load(directory)
     # Roads carry a stable id: a renamed or moved road is reported as "modified".
-    project.config.layers = {"roads": LayerConfig(key="road_id")}
-    project.save()
+    Project.load(directory).updated(layers={"roads": LayerConfig(key="road_id")}).save()
     project = load_project(directory)
     full = seed(project, progress=progress)
     say(
@@ -218,21 +246,16 @@ def run_demo(
 
 def verify_against_full_build(directory: Path) -> tuple[bool, int]:
     """Seed a copy of the project's data and compare every tile with the project's cache."""
-    import shutil
-    import tempfile
-
-    from tiledelta.seed import seed
-
     directory = Path(directory)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "copy"
         shutil.copytree(
             directory, copy, ignore=shutil.ignore_patterns("cache", "cache.*", ".tiledelta", ".env")
         )
-        seed(load_project(copy))
+        seed(load_project(copy), notify=False)
         with (
-            load_project(directory).open_store(create=False) as a,
-            load_project(copy).open_store(create=False) as b,
+            open_project_store(load_project(directory), create=False) as a,
+            open_project_store(load_project(copy), create=False) as b,
         ):
             ta, tb = set(a.iter_tiles()), set(b.iter_tiles())
             same = ta == tb and all(a.get(*t) == b.get(*t) for t in ta)
@@ -241,21 +264,16 @@ def verify_against_full_build(directory: Path) -> tuple[bool, int]:
 
 def plan_summary(project: Project, aoi: Path | None = None) -> dict:
     """What ``update`` would do: changes, tiles per level, an estimate; writes no tiles."""
-    from tiledelta.seed import read_layers
-    from tiledelta.update import detect_changes, plan_update
-
     layers = read_layers(project)
     changes = detect_changes(project, layers)
     if changes.rebuild:
-        from tiledelta.seed import full_plan
-
         plan = full_plan(project, layers, project.levels)
     else:
-        plan = plan_update(project, changes, layers)
+        plan = update_plan(project, changes.boxes(), layers, changes.new_levels)
     counts = plan.tile_count(project.scheme)
     stored: dict[int, int] = {}
     if project.cache_path.exists():
-        with project.open_store(create=False) as store:
+        with open_project_store(project, create=False) as store:
             stored = store.count()
     result = {
         "changes": changes.as_dict(),
@@ -268,24 +286,18 @@ def plan_summary(project: Project, aoi: Path | None = None) -> dict:
         "estimated_seconds": _estimate(project, plan.metatile_count),
     }
     if aoi is not None:
-        from tiledelta.aoi import write_aoi
-
         result["aoi_files"] = [str(p) for p in write_aoi(project, changes.boxes(), aoi)]
     return result
 
 
 def _estimate(project: Project, metatiles: int) -> float | None:
     """Seconds for ``metatiles`` at the speed the last runs measured."""
-    from tiledelta.snapshot import measured_speed
-
     speed = measured_speed(project)
     return round(metatiles / speed, 1) if speed else None
 
 
 def changes_summary(project: Project, target: str = "local") -> dict:
     """What changed since the last build (as ``tiledelta status --json`` prints)."""
-    from tiledelta.update import detect_changes
-
     return detect_changes(project, target=target).as_dict()
 
 
@@ -315,11 +327,7 @@ def run_update(
 ) -> dict:
     """``tiledelta update``: the local cache, or the ArcGIS Server cache."""
     if target == "arcgis":
-        from tiledelta.arcgis.cache import update_server
-
         return update_server(project, say=say)
-    from tiledelta.update import update
-
     result = update(project, progress=progress)
     for line in describe_changes(result["changes"]) if not result.get("rebuild") else []:
         say(line)

@@ -11,7 +11,28 @@ from pathlib import Path
 
 import click
 
-from tiledelta.errors import TileDeltaError
+from tiledelta import api
+from tiledelta.api import (
+    describe_changes,
+    init_project,
+    load_project,
+    plan_summary,
+    project_info,
+    run_demo,
+)
+from tiledelta.change import detect_changes
+from tiledelta.errors import ConfigError, TileDeltaError
+from tiledelta.grid import select_levels
+from tiledelta.ops import watch as watching
+from tiledelta.ops.doctor import exit_code, run_checks
+from tiledelta.ops.doctor import report as doctor_report
+from tiledelta.project import Project
+from tiledelta.publish.arcgis import publish as publishing
+from tiledelta.publish.arcgis.cache import update_server
+from tiledelta.publish.package import write_tpkx
+from tiledelta.publish.thumbnail import parse_size, write_thumbnail
+from tiledelta.runs.report import CHANGEMAP_FILE, REPORT_FILE, find_run, report_text, write_report
+from tiledelta.serve.app import run as serve_project
 
 project_option = click.option(
     "--project",
@@ -137,7 +158,6 @@ def init(
     force: bool,
 ) -> None:
     """Create a project: DIRECTORY/tiledelta.toml."""
-    from tiledelta.api import init_project
 
     path = init_project(
         directory,
@@ -157,12 +177,10 @@ def init(
 @json_option
 def seed(project_dir: Path, as_json: bool) -> None:
     """Build every tile of the configured levels."""
-    from tiledelta.api import load_project
-    from tiledelta.seed import seed as do_seed
 
     project = load_project(project_dir)
     with progress_bar("seeding", not as_json) as cb:
-        result = do_seed(project, progress=cb)
+        result = api.seed(project, progress=cb)
     if as_json:
         _echo_json(result)
     else:
@@ -182,7 +200,6 @@ def _print_run(result: dict, verb: str) -> None:
 @json_option
 def info(project_dir: Path, as_json: bool) -> None:
     """Show the project: scheme, levels, layers, cache and tiles per level."""
-    from tiledelta.api import load_project, project_info
 
     result = project_info(load_project(project_dir))
     if as_json:
@@ -208,8 +225,6 @@ def info(project_dir: Path, as_json: bool) -> None:
 @json_option
 def status(project_dir: Path, as_json: bool) -> None:
     """What changed since the last build, per layer."""
-    from tiledelta.api import load_project
-    from tiledelta.update import detect_changes
 
     changes = detect_changes(load_project(project_dir)).as_dict()
     if as_json:
@@ -219,7 +234,6 @@ def status(project_dir: Path, as_json: bool) -> None:
 
 
 def _print_changes(changes: dict) -> None:
-    from tiledelta.api import describe_changes
 
     for line in describe_changes(changes):
         click.echo(line)
@@ -236,7 +250,6 @@ def _print_changes(changes: dict) -> None:
 )
 def plan(project_dir: Path, as_json: bool, aoi: Path | None) -> None:
     """Per level, the tiles an update would re-render (writes nothing to the cache)."""
-    from tiledelta.api import load_project, plan_summary
 
     result = plan_summary(load_project(project_dir), aoi=aoi)
     if as_json:
@@ -274,13 +287,9 @@ def plan(project_dir: Path, as_json: bool, aoi: Path | None) -> None:
 )
 def update(project_dir: Path, as_json: bool, target: str, mark_current: bool) -> None:
     """Re-render the tiles that changed data touches, then advance the snapshot."""
-    from tiledelta.api import load_project
-    from tiledelta.update import update as do_update
 
     project = load_project(project_dir)
     if target == "arcgis":
-        from tiledelta.arcgis.cache import update_server
-
         say = (lambda _m: None) if as_json else click.echo
         result = update_server(project, say=say, mark_current=mark_current)
         if as_json:
@@ -289,7 +298,7 @@ def update(project_dir: Path, as_json: bool, target: str, mark_current: bool) ->
             click.echo(f"{len(result['jobs'])} server job(s) succeeded")
         return
     with progress_bar("updating", not as_json) as cb:
-        result = do_update(project, progress=cb)
+        result = api.update(project, progress=cb)
     if as_json:
         _echo_json(result)
         return
@@ -331,18 +340,13 @@ def package(
     upload: bool,
 ) -> None:
     """Write a Compact Tile Package (.tpkx) from the local cache."""
-    from tiledelta.api import load_project
-    from tiledelta.package import write_tpkx
-    from tiledelta.schemes import select_levels
 
     project = load_project(project_dir)
     lv = select_levels(project.scheme, levels) if levels else None
     result = write_tpkx(project, out, levels=lv, changed_only=changed_only)
     if upload:
-        from tiledelta.arcgis.publish import upload_package
-
         say = (lambda _m: None) if as_json else click.echo
-        result["upload"] = upload_package(project, out, say=say)
+        result["upload"] = publishing.upload_package(project, out, say=say)
     if as_json:
         _echo_json(result)
     else:
@@ -363,8 +367,6 @@ def package(
 )
 def thumbnail(project_dir: Path, size: str, out: Path) -> None:
     """Render an item thumbnail of the map's full extent (PNG)."""
-    from tiledelta.api import load_project
-    from tiledelta.thumbnail import parse_size, write_thumbnail
 
     path = write_thumbnail(load_project(project_dir), out, parse_size(size))
     click.echo(f"wrote {path}")
@@ -376,11 +378,11 @@ def thumbnail(project_dir: Path, size: str, out: Path) -> None:
 @click.option("--no-cache-update", is_flag=True, help="Publish only; leave the cache alone.")
 def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
     """Overwrite the ArcGIS service definition, then rebuild the changed part of its cache."""
-    from tiledelta.api import load_project
-    from tiledelta.arcgis.publish import publish as do_publish
 
     say = (lambda _m: None) if as_json else click.echo
-    result = do_publish(load_project(project_dir), say=say, update_cache=not no_cache_update)
+    result = publishing.publish(
+        load_project(project_dir), say=say, update_cache=not no_cache_update
+    )
     if as_json:
         _echo_json(result)
 
@@ -403,10 +405,8 @@ def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
 )
 def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
     """Serve the cache read-only: XYZ tiles, an ArcGIS REST MapServer and WMTS."""
-    from tiledelta.project import Project
-    from tiledelta.serve import run
 
-    run(Project.load(project_dir), host=host, port=port, max_age=max_age, say=click.echo)
+    serve_project(Project.load(project_dir), host=host, port=port, max_age=max_age, say=click.echo)
 
 
 @main.command()
@@ -416,9 +416,6 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
 @click.option("--open", "open_browser", is_flag=True, help="Open report.html in a web browser.")
 def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool) -> None:
     """Show the report of the latest run, or of run RUN (its id, e.g. 3)."""
-    from tiledelta.errors import ConfigError
-    from tiledelta.project import Project
-    from tiledelta.report import CHANGEMAP_FILE, REPORT_FILE, find_run, report_text, write_report
 
     project = Project.load(project_dir)
     folder = find_run(project, run)
@@ -489,12 +486,10 @@ def watch(
     max_tiles_per_second: float | None,
 ) -> None:
     """Poll the sources; update the cache whenever the data changed (Ctrl-C stops)."""
-    from tiledelta.watch import parse_every
-    from tiledelta.watch import watch as do_watch
 
-    do_watch(
+    watching.watch(
         project_dir,
-        every=parse_every(every),
+        every=watching.parse_every(every),
         window=window,
         max_runs=max_runs,
         target=target,
@@ -509,11 +504,10 @@ def watch(
 @json_option
 def doctor(project_dir: Path, as_json: bool) -> None:
     """Check Mapnik, fonts, datasources, style, scheme, cache and ArcGIS settings."""
-    from tiledelta.doctor import exit_code, report, run_checks
 
     checks = run_checks(project_dir)
     if as_json:
-        _echo_json(report(checks))
+        _echo_json(doctor_report(checks))
     else:
         for check in checks:
             click.echo(check.line())
@@ -535,7 +529,6 @@ def doctor(project_dir: Path, as_json: bool) -> None:
 @json_option
 def demo(directory: Path, levels: str, verify: bool, cache_kind: str, as_json: bool) -> None:
     """The main job on sample data: make a sample county, build its cache, edit, update."""
-    from tiledelta.api import run_demo
 
     say: Callable[[str], None] = (lambda _m: None) if as_json else click.echo
     with progress_bar("working", not as_json) as cb:

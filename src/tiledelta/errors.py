@@ -27,3 +27,7 @@ class CacheError(TileDeltaError):
 
 class LockedError(TileDeltaError):
     """Another tiledelta run holds the project lock."""
+
+
+class RenderUnavailable(TileDeltaError):
+    """Local rendering was asked for, but Mapnik (the ``render`` extra) is not installed."""

@@ -1,33 +1,24 @@
-"""Tile cache stores: Esri Compact Cache V2, MBTiles, XYZ folders, and a .tpkx reader."""
+"""Tile caches behind one interface (:class:`TileStore`): Esri Compact Cache V2, MBTiles,
+XYZ folders, and a read-only .tpkx tile package."""
 
-from tiledelta.stores.base import (
-    FORMATS,
-    TileData,
-    TileFormat,
-    TileStore,
-    open_store,
-    read_compact_cache,
-    tile_format,
-)
-from tiledelta.stores.compact import CompactCache, scheme_from_conf_xml, scheme_to_conf_xml
+from tiledelta.stores.base import TileData, TileStore
+from tiledelta.stores.compact import CompactCache
 from tiledelta.stores.mbtiles import MBTilesStore
+from tiledelta.stores.open import KINDS, open_project_store, open_store, read_compact_cache
 from tiledelta.stores.tpkx import TpkxReader, open_tpkx, scheme_from_root_json
 from tiledelta.stores.xyz import XYZStore
 
 __all__ = [
-    "FORMATS",
+    "KINDS",
     "CompactCache",
     "MBTilesStore",
     "TileData",
-    "TileFormat",
     "TileStore",
     "TpkxReader",
     "XYZStore",
+    "open_project_store",
     "open_store",
     "open_tpkx",
     "read_compact_cache",
-    "scheme_from_conf_xml",
     "scheme_from_root_json",
-    "scheme_to_conf_xml",
-    "tile_format",
 ]

@@ -1,4 +1,4 @@
-"""The tile store interface shared by every cache kind, and ``open_store``.
+"""The tile store interface shared by every cache kind, and atomic file writes.
 
 A store maps tile addresses ``(level, row, col)`` (rows from the top, as in
 ArcGIS) to encoded image bytes. Writes go through :meth:`TileStore.put_many`,
@@ -13,16 +13,11 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from tiledelta.errors import CacheError, ConfigError
-from tiledelta.grid import TilingScheme, is_web_mercator
-
-if TYPE_CHECKING:
-    from tiledelta.stores.compact import CompactCache
+from tiledelta.errors import CacheError
+from tiledelta.grid import TilingScheme
 
 TileData = bytes
 Addr = tuple[int, int, int]
@@ -30,35 +25,6 @@ Addr = tuple[int, int, int]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 TMP_SUFFIX = ".tmp"
-
-
-@dataclass(frozen=True)
-class TileFormat:
-    """How one tile format name is spelled by each cache kind."""
-
-    name: str  #: tiledelta name: png | png8 | jpeg | mixed
-    esri: str  #: conf.xml CacheTileFormat
-    ext: str | None  #: XYZ file extension; None = decided per tile (mixed)
-    mbtiles: str  #: MBTiles metadata ``format``
-
-
-FORMATS: dict[str, TileFormat] = {
-    "png": TileFormat("png", "PNG32", ".png", "png"),
-    "png8": TileFormat("png8", "PNG8", ".png", "png"),
-    "jpeg": TileFormat("jpeg", "JPEG", ".jpg", "jpg"),
-    "mixed": TileFormat("mixed", "MIXED", None, "png"),
-}
-_ALIASES = {"jpg": "jpeg", "png32": "png", "png24": "png"}
-
-
-def tile_format(fmt: str) -> TileFormat:
-    """The :class:`TileFormat` for a format name (case-insensitive; jpg/png32 accepted)."""
-    key = fmt.lower()
-    key = _ALIASES.get(key, key)
-    try:
-        return FORMATS[key]
-    except KeyError:
-        raise ConfigError(f"unknown tile format {fmt!r}; use one of {', '.join(FORMATS)}") from None
 
 
 def sniff_extension(data: bytes) -> str:
@@ -175,52 +141,3 @@ class TileStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} ({self.scheme.name})>"
-
-
-def _require_web_mercator(scheme: TilingScheme) -> None:
-    if not is_web_mercator(scheme):
-        raise CacheError(
-            "MBTiles/XYZ caches need the Web Mercator scheme; "
-            f"use --cache compact for {scheme.name}"
-        )
-
-
-def open_store(
-    kind: str,
-    path: Path,
-    scheme: TilingScheme,
-    *,
-    fmt: str = "png",
-    quality: int = 75,
-    create: bool = True,
-) -> TileStore:
-    """Open (and with ``create`` make) a tile cache of ``kind`` compact | mbtiles | xyz.
-
-    Raises :class:`CacheError` when ``path`` holds a cache of another scheme or
-    kind, when it holds none and ``create`` is false, or when MBTiles / XYZ is
-    asked for a scheme other than Web Mercator.
-    """
-    path = Path(path)
-    tf = tile_format(fmt)
-    if kind == "compact":
-        from tiledelta.stores.compact import CompactCache
-
-        return CompactCache(path, scheme, fmt=tf.name, quality=quality, create=create)
-    if kind == "mbtiles":
-        from tiledelta.stores.mbtiles import MBTilesStore
-
-        _require_web_mercator(scheme)
-        return MBTilesStore(path, scheme, fmt=tf.name, create=create)
-    if kind == "xyz":
-        from tiledelta.stores.xyz import XYZStore
-
-        _require_web_mercator(scheme)
-        return XYZStore(path, scheme, fmt=tf.name, create=create)
-    raise ConfigError(f"unknown cache kind {kind!r}; use compact, mbtiles or xyz")
-
-
-def read_compact_cache(path: Path | str) -> CompactCache:
-    """Open an existing compact cache read-only by its folder (or its conf.xml)."""
-    from tiledelta.stores.compact import CompactCache
-
-    return CompactCache.open_existing(Path(path))

@@ -14,16 +14,27 @@ import os
 import re
 import struct
 import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
-from xml.sax.saxutils import escape
 
 import numpy as np
 
-from tiledelta.errors import CacheError, SchemeError
-from tiledelta.grid import LOD, Bounds, TilingScheme, is_web_mercator, web_mercator
+from tiledelta.errors import CacheError
+from tiledelta.grid import (
+    BUNDLE_PACKET,
+    Bounds,
+    TilingScheme,
+    bundle_name,
+    conf_cdi_xml,
+    conf_tile_format,
+    read_conf_cdi,
+    record_index,
+    record_tile,
+    scheme_from_conf_xml,
+    scheme_to_conf_xml,
+    tile_format,
+)
 from tiledelta.stores.base import (
     TMP_SUFFIX,
     Addr,
@@ -31,10 +42,9 @@ from tiledelta.stores.base import (
     atomic_write,
     fsync_dir,
     mismatch_error,
-    tile_format,
 )
 
-PACKET = 128
+PACKET = BUNDLE_PACKET
 RECORDS = PACKET * PACKET
 HEADER = struct.Struct("<4I3Q6I")
 HEADER_SIZE = HEADER.size  # 64
@@ -42,22 +52,11 @@ INDEX_SIZE = RECORDS * 8
 DATA_START = HEADER_SIZE + INDEX_SIZE
 MAX_TILE_SIZE = (1 << 24) - 1  # 3 bytes of size in an index record
 OFFSET_MASK = (1 << 40) - 1
-ESRI_NS = "http://www.esri.com/schemas/ArcGIS/10.0"
 _BUNDLE_RE = re.compile(r"^R([0-9a-fA-F]{4,})C([0-9a-fA-F]{4,})\.bundle$")
 _LEVEL_RE = re.compile(r"^L(\d{2,})$")
-_ESRI_FORMATS = {
-    "PNG": "png", "PNG24": "png", "PNG32": "png", "PNG8": "png8", "JPEG": "jpeg", "JPG": "jpeg",
-    "MIXED": "mixed",
-}  # fmt: skip
-_WEB_MERCATOR_WKIDS = {102100, 102113, 900913, 3857}
 
 
 # --------------------------------------------------------------------- bundles
-
-
-def bundle_name(row: int, col: int) -> str:
-    """File name of the bundle holding tile (row, col): ``R{row0:04x}C{col0:04x}.bundle``."""
-    return f"R{row - row % PACKET:04x}C{col - col % PACKET:04x}.bundle"
 
 
 def parse_bundle_index(head: bytes, source: str = "bundle") -> np.ndarray:
@@ -69,12 +68,6 @@ def parse_bundle_index(head: bytes, source: str = "bundle") -> np.ndarray:
     if len(head) < DATA_START:
         raise CacheError(f"{source}: truncated bundle ({len(head)} bytes, no full index)")
     return np.frombuffer(head, dtype="<u8", count=RECORDS, offset=HEADER_SIZE)
-
-
-def record_slice(index: np.ndarray, row: int, col: int) -> tuple[int, int]:
-    """(offset, size) of tile (row, col) in its bundle; size 0 = no tile."""
-    rec = int(index[PACKET * (row % PACKET) + col % PACKET])
-    return rec & OFFSET_MASK, rec >> 40
 
 
 def read_record(fh: BinaryIO, index: np.ndarray, pos: int, source: str) -> bytes | None:
@@ -135,231 +128,6 @@ def read_bundle_tiles(fh: BinaryIO, source: str) -> dict[int, bytes]:
             by_rec[rec] = data
         out[pos] = data
     return out
-
-
-# ------------------------------------------------------------------- conf.xml
-
-
-def _crs_for(wkid: int | None, latest: int | None, wkt: str | None) -> str:
-    """A pyproj-usable CRS string: EPSG:<latest or wkid> when known, else the WKT."""
-    import pyproj
-
-    for code in (latest, wkid):
-        if code is None:
-            continue
-        if code in _WEB_MERCATOR_WKIDS:
-            return "EPSG:3857"
-        try:
-            pyproj.CRS.from_epsg(code)
-        except pyproj.exceptions.CRSError:
-            continue
-        return f"EPSG:{code}"
-    if wkt:
-        return wkt
-    raise CacheError(f"spatial reference (wkid {wkid}, latest {latest}) is unknown and has no WKT")
-
-
-def scheme_from_parts(
-    *,
-    name: str | None,
-    wkid: int | None,
-    latest_wkid: int | None,
-    wkt: str | None,
-    origin: tuple[float, float],
-    size: tuple[int, int],
-    dpi: int,
-    lods: Iterable[LOD],
-) -> TilingScheme:
-    """Build a :class:`TilingScheme` from Esri tiling facts (shared by conf.xml and root.json)."""
-    try:
-        scheme = TilingScheme(
-            name=name or "custom",
-            crs=_crs_for(wkid, latest_wkid, wkt),
-            wkid=wkid,
-            latest_wkid=latest_wkid,
-            origin_x=origin[0],
-            origin_y=origin[1],
-            tile_width=size[0],
-            tile_height=size[1],
-            dpi=dpi,
-            lods=tuple(sorted(lods, key=lambda lod: lod.level)),
-        )
-    except SchemeError as exc:
-        raise CacheError(f"invalid tiling scheme: {exc}") from exc
-    if is_web_mercator(scheme):
-        wm = web_mercator()
-        scheme = scheme.model_copy(update={"extent": wm.extent, "name": name or wm.name})
-    return scheme
-
-
-def _num(value: float) -> str:
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-def scheme_to_conf_xml(scheme: TilingScheme, fmt: str = "png", quality: int = 75) -> str:
-    """conf.xml text (Compact Cache V2) for ``scheme`` with tile format ``fmt``."""
-    import pyproj
-
-    crs = pyproj.CRS.from_user_input(scheme.crs)
-    wkt = crs.to_wkt("WKT1_ESRI") or crs.to_wkt()
-    wkid = scheme.wkid if scheme.wkid is not None else crs.to_epsg()
-    sr_type = "ProjectedCoordinateSystem" if crs.is_projected else "GeographicCoordinateSystem"
-    ids = ""
-    if wkid is not None:
-        ids += f"\n      <WKID>{wkid}</WKID>"
-    if scheme.latest_wkid is not None:
-        ids += f"\n      <LatestWKID>{scheme.latest_wkid}</LatestWKID>"
-    lods = "".join(
-        f"""
-      <LODInfo xsi:type="typens:LODInfo">
-        <LevelID>{lod.level}</LevelID>
-        <Scale>{_num(lod.scale)}</Scale>
-        <Resolution>{_num(lod.resolution)}</Resolution>
-      </LODInfo>"""
-        for lod in sorted(scheme.lods, key=lambda lod: lod.level)
-    )
-    tf = tile_format(fmt)
-    return f"""<?xml version="1.0" encoding="utf-8"?>
-<CacheInfo xsi:type="typens:CacheInfo" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" \
-xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:typens="{ESRI_NS}">
-  <TileCacheInfo xsi:type="typens:TileCacheInfo">
-    <SpatialReference xsi:type="typens:{sr_type}">
-      <WKT>{escape(wkt)}</WKT>{ids}
-    </SpatialReference>
-    <TileOrigin xsi:type="typens:PointN">
-      <X>{_num(scheme.origin_x)}</X>
-      <Y>{_num(scheme.origin_y)}</Y>
-    </TileOrigin>
-    <TileCols>{scheme.tile_width}</TileCols>
-    <TileRows>{scheme.tile_height}</TileRows>
-    <DPI>{scheme.dpi}</DPI>
-    <LODInfos xsi:type="typens:ArrayOfLODInfo">{lods}
-    </LODInfos>
-  </TileCacheInfo>
-  <TileImageInfo xsi:type="typens:TileImageInfo">
-    <CacheTileFormat>{tf.esri}</CacheTileFormat>
-    <CompressionQuality>{int(quality)}</CompressionQuality>
-    <Antialiasing>false</Antialiasing>
-  </TileImageInfo>
-  <CacheStorageInfo xsi:type="typens:CacheStorageInfo">
-    <StorageFormat>esriMapCacheStorageModeCompactV2</StorageFormat>
-    <PacketSize>{PACKET}</PacketSize>
-  </CacheStorageInfo>
-</CacheInfo>
-"""
-
-
-def conf_cdi_xml(bounds: Bounds) -> str:
-    """conf.cdi text: the cache's data extent as an Esri EnvelopeN."""
-    return f"""<?xml version="1.0" encoding="utf-8"?>
-<EnvelopeN xsi:type="typens:EnvelopeN" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" \
-xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:typens="{ESRI_NS}">
-  <XMin>{_num(bounds.xmin)}</XMin>
-  <YMin>{_num(bounds.ymin)}</YMin>
-  <XMax>{_num(bounds.xmax)}</XMax>
-  <YMax>{_num(bounds.ymax)}</YMax>
-</EnvelopeN>
-"""
-
-
-def _xml_root(text_or_path: str | Path, what: str) -> tuple[ET.Element, str]:
-    if isinstance(text_or_path, Path) or not text_or_path.lstrip().startswith("<"):
-        src = str(text_or_path)
-        try:
-            text = Path(text_or_path).read_text(encoding="utf-8-sig")
-        except OSError as exc:
-            raise CacheError(f"cannot read {what} {src}: {exc.strerror}") from exc
-    else:
-        src, text = what, text_or_path
-    try:
-        return ET.fromstring(text.lstrip()), src
-    except ET.ParseError as exc:
-        raise CacheError(f"{src}: not valid XML ({exc})") from exc
-
-
-def _text(elem: ET.Element, path: str, src: str, default: str | None = None) -> str:
-    node = elem.find(path)
-    if node is None or node.text is None or not node.text.strip():
-        if default is not None:
-            return default
-        raise CacheError(f"{src}: missing {path.replace('{*}', '')}")
-    return node.text.strip()
-
-
-def _opt_int(elem: ET.Element, path: str) -> int | None:
-    node = elem.find(path)
-    if node is None or not (node.text or "").strip():
-        return None
-    return int(float(node.text.strip()))  # type: ignore[union-attr]
-
-
-def conf_tile_format(text_or_path: str | Path) -> tuple[str, int]:
-    """(tiledelta format name, compression quality) from conf.xml's TileImageInfo."""
-    root, src = _xml_root(text_or_path, "conf.xml")
-    esri = _text(root, "{*}TileImageInfo/{*}CacheTileFormat", src, "PNG").upper()
-    quality = _text(root, "{*}TileImageInfo/{*}CompressionQuality", src, "75")
-    return _ESRI_FORMATS.get(esri, "mixed"), int(float(quality))
-
-
-def scheme_from_conf_xml(text_or_path: str | Path, name: str | None = None) -> TilingScheme:
-    """The tiling scheme of a conf.xml (text, or a path to it).
-
-    The CRS is ``EPSG:<LatestWKID or WKID>`` when pyproj knows it (102100 →
-    EPSG:3857), else the WKT. The name defaults to "web-mercator" for that
-    grid and "custom" otherwise.
-    """
-    root, src = _xml_root(text_or_path, "conf.xml")
-    if root.tag.rsplit("}", 1)[-1] != "CacheInfo":
-        raise CacheError(f"{src}: not an Esri cache configuration (no CacheInfo)")
-    tci = root.find("{*}TileCacheInfo")
-    if tci is None:
-        raise CacheError(f"{src}: missing TileCacheInfo")
-    sr = tci.find("{*}SpatialReference")
-    wkid = latest = None
-    wkt = None
-    if sr is not None:
-        wkid = _opt_int(sr, "{*}WKID")
-        latest = _opt_int(sr, "{*}LatestWKID")
-        wkt_node = sr.find("{*}WKT")
-        wkt = wkt_node.text.strip() if wkt_node is not None and wkt_node.text else None
-    lods = []
-    for info in tci.findall("{*}LODInfos/{*}LODInfo"):
-        try:
-            lods.append(
-                LOD(
-                    level=int(_text(info, "{*}LevelID", src)),
-                    scale=float(_text(info, "{*}Scale", src)),
-                    resolution=float(_text(info, "{*}Resolution", src)),
-                )
-            )
-        except ValueError as exc:
-            raise CacheError(f"{src}: bad LODInfo ({exc})") from exc
-    try:
-        origin = (
-            float(_text(tci, "{*}TileOrigin/{*}X", src)),
-            float(_text(tci, "{*}TileOrigin/{*}Y", src)),
-        )
-        size = (
-            int(_text(tci, "{*}TileCols", src, "256")),
-            int(_text(tci, "{*}TileRows", src, "256")),
-        )
-        dpi = int(float(_text(tci, "{*}DPI", src, "96")))
-    except ValueError as exc:
-        raise CacheError(f"{src}: bad tiling value ({exc})") from exc
-    return scheme_from_parts(
-        name=name, wkid=wkid, latest_wkid=latest, wkt=wkt, origin=origin, size=size,
-        dpi=dpi, lods=lods,
-    )  # fmt: skip
-
-
-def read_conf_cdi(text_or_path: str | Path) -> Bounds:
-    """The extent in a conf.cdi (EnvelopeN)."""
-    root, src = _xml_root(text_or_path, "conf.cdi")
-    try:
-        keys = ("XMin", "YMin", "XMax", "YMax")
-        return Bounds(*(float(_text(root, f"{{*}}{k}", src)) for k in keys))
-    except ValueError as exc:
-        raise CacheError(f"{src}: bad envelope ({exc})") from exc
 
 
 # ---------------------------------------------------------------------- store
@@ -508,7 +276,7 @@ class CompactCache(TileStore):
             return None
         with fh:
             index = self._index(fh, bundle)
-            return read_record(fh, index, PACKET * (row % PACKET) + col % PACKET, str(bundle))
+            return read_record(fh, index, record_index(row, col), str(bundle))
 
     def get_many(self, addrs: Iterable[Addr]) -> dict[Addr, bytes]:
         groups: dict[Path, list[Addr]] = {}
@@ -523,7 +291,7 @@ class CompactCache(TileStore):
             with fh:
                 index = self._index(fh, bundle)
                 for addr in members:
-                    pos = PACKET * (addr[1] % PACKET) + addr[2] % PACKET
+                    pos = record_index(addr[1], addr[2])
                     data = read_record(fh, index, pos, str(bundle))
                     if data is not None:
                         out[addr] = data
@@ -558,7 +326,7 @@ class CompactCache(TileStore):
     def iter_tiles(self, level: int | None = None) -> Iterator[Addr]:
         for lvl, row0, col0, bundle in self._bundles(level):
             for pos in self._bundle_positions(bundle).tolist():
-                yield lvl, row0 + pos // PACKET, col0 + pos % PACKET
+                yield (lvl, *record_tile(row0, col0, pos))
 
     def count(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -579,7 +347,7 @@ class CompactCache(TileStore):
                 raise CacheError(f"tile {level}/{row}/{col} has a negative row or column")
             if data is not None and not 0 < len(data) <= MAX_TILE_SIZE:
                 raise CacheError(f"tile {level}/{row}/{col}: {len(data)} bytes cannot be stored")
-            pos = PACKET * (row % PACKET) + col % PACKET
+            pos = record_index(row, col)
             groups.setdefault(self.bundle_path(level, row, col), {})[pos] = data
         changed = 0
         with self._lock:

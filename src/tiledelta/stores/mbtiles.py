@@ -15,8 +15,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tiledelta.errors import CacheError
-from tiledelta.grid import TilingScheme
-from tiledelta.stores.base import Addr, TileStore, mismatch_error, tile_format
+from tiledelta.grid import TilingScheme, tile_format
+from tiledelta.stores.base import Addr, TileStore, mismatch_error
 
 WORLD_BOUNDS = "-180.0,-85.0511287798066,180.0,85.0511287798066"
 SCHEMA = """

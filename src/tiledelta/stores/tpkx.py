@@ -24,17 +24,18 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from tiledelta.errors import CacheError
-from tiledelta.grid import LOD, TilingScheme
-from tiledelta.stores.base import Addr, TileStore
-from tiledelta.stores.compact import (
-    _ESRI_FORMATS,
-    DATA_START,
-    PACKET,
+from tiledelta.grid import (
+    LOD,
+    TilingScheme,
     bundle_name,
-    parse_bundle_index,
-    read_record,
-    scheme_from_parts,
+    bundle_origin,
+    record_index,
+    record_tile,
 )
+from tiledelta.grid.conf_xml import scheme_from_parts
+from tiledelta.grid.esri import esri_tile_format
+from tiledelta.stores.base import Addr, TileStore
+from tiledelta.stores.compact import DATA_START, parse_bundle_index, read_record
 
 _MEMBER_RE = re.compile(r"^L(\d{2,})/R([0-9a-fA-F]{4,})C([0-9a-fA-F]{4,})\.bundle$")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
@@ -122,7 +123,7 @@ class TpkxReader(TileStore):
             raise CacheError(f"{self.path} is not a tile package (.tpkx): {exc}") from exc
         self.scheme = scheme_from_root_json(self.root)
         image = self.root.get("tileImageInfo") or {}
-        self.fmt = _ESRI_FORMATS.get(str(image.get("format", "MIXED")).upper(), "mixed")
+        self.fmt = esri_tile_format(str(image.get("format", "MIXED")))
         base = str(self.root.get("tileBundlesPath", "./tile")).removeprefix("./").strip("/")
         self._prefix = f"{base}/" if base else ""
         self._members: dict[tuple[int, int, int], zipfile.ZipInfo] = {}
@@ -163,7 +164,7 @@ class TpkxReader(TileStore):
 
     @staticmethod
     def _key(level: int, row: int, col: int) -> tuple[int, int, int]:
-        return level, row - row % PACKET, col - col % PACKET
+        return (level, *bundle_origin(row, col))
 
     def get(self, level: int, row: int, col: int) -> bytes | None:
         key = self._key(level, row, col)
@@ -173,7 +174,7 @@ class TpkxReader(TileStore):
             stream = self._stream(key)
             index = self._index(key, stream)
             src = f"{self.path}:{bundle_name(row, col)}"
-            data = read_record(stream, index, PACKET * (row % PACKET) + col % PACKET, src)
+            data = read_record(stream, index, record_index(row, col), src)
         return None if data is None else repair_png(data)
 
     def get_many(self, addrs: Iterable[Addr]) -> dict[Addr, bytes]:
@@ -186,7 +187,7 @@ class TpkxReader(TileStore):
             with self._lock:
                 index = self._index(key, self._stream(key))
             for pos in np.flatnonzero(index >> np.uint64(40)).tolist():
-                yield key[0], key[1] + pos // PACKET, key[2] + pos % PACKET
+                yield (key[0], *record_tile(key[1], key[2], pos))
 
     def put_many(self, tiles: Iterable[tuple[int, int, int, bytes | None]]) -> int:
         raise CacheError(f"{self.path} is a tile package; it is read-only")

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tiledelta.errors import CacheError
-from tiledelta.grid import TilingScheme
+from tiledelta.grid import TilingScheme, tile_format
 from tiledelta.stores.base import (
     TMP_SUFFIX,
     Addr,
@@ -25,7 +25,6 @@ from tiledelta.stores.base import (
     fsync_dir,
     mismatch_error,
     sniff_extension,
-    tile_format,
 )
 
 MARKER = "tiledelta.json"

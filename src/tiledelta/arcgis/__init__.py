@@ -1,1 +1,0 @@
-"""ArcGIS Enterprise: REST client, server-side cache updates, and an emulator for tests."""

@@ -1,0 +1,100 @@
+"""The diff between a layer's snapshot and its current data: added, modified, deleted,
+and the old and new boxes whose tiles those changes dirty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tiledelta.change.snapshot import LayerSnapshot
+from tiledelta.sources import LayerData
+
+
+@dataclass
+class LayerChange:
+    """Changes of one layer: counts, and the boxes whose tiles they dirty."""
+
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+    old_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    new_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    #: indices, in the current layer data, of the added and modified features
+    new_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Where the changes were and are: the boxes whose tiles they dirty."""
+        return np.concatenate([self.old_boxes.reshape(-1, 4), self.new_boxes.reshape(-1, 4)])
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.modified or self.deleted)
+
+    def as_dict(self) -> dict:
+        return {"added": self.added, "modified": self.modified, "deleted": self.deleted}
+
+
+def diff_layer(old: LayerSnapshot | None, new: LayerData, keyed: bool) -> LayerChange:
+    """Added / modified / deleted features between a snapshot and current data.
+
+    With a key field, features are matched by key (an edit is "modified");
+    without one, by fingerprint as a multiset (an edit is delete + add).
+    """
+    if old is None:
+        return LayerChange(
+            added=len(new), new_boxes=new.bounds, new_idx=np.arange(len(new), dtype=np.int64)
+        )
+    if keyed:
+        return _diff_keyed(old, new)
+    return _diff_multiset(old, new)
+
+
+def _diff_keyed(old: LayerSnapshot, new: LayerData) -> LayerChange:
+    okeys = np.asarray(old.keys)
+    nkeys = np.asarray(new.keys)
+    if okeys.dtype.kind != nkeys.dtype.kind or nkeys.dtype == object:
+        okeys, nkeys = okeys.astype(str), nkeys.astype(str)
+    if len(np.unique(nkeys)) != len(nkeys):
+        # Duplicate keys cannot be matched one to one: fall back to fingerprints.
+        return _diff_multiset(old, new)
+    common, oi, ni = np.intersect1d(okeys, nkeys, assume_unique=True, return_indices=True)
+    mod = old.fingerprints[oi] != new.fingerprints[ni]
+    del_mask = np.ones(len(okeys), bool)
+    del_mask[oi] = False
+    add_mask = np.ones(len(nkeys), bool)
+    add_mask[ni] = False
+    old_boxes = np.concatenate([old.bounds[del_mask], old.bounds[oi[mod]]])
+    new_boxes = np.concatenate([new.bounds[add_mask], new.bounds[ni[mod]]])
+    return LayerChange(
+        added=int(add_mask.sum()),
+        modified=int(mod.sum()),
+        deleted=int(del_mask.sum()),
+        old_boxes=old_boxes,
+        new_boxes=new_boxes,
+        new_idx=np.concatenate([np.flatnonzero(add_mask), ni[mod]]).astype(np.int64),
+    )
+
+
+def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
+    ou, oc = np.unique(old.fingerprints, return_counts=True)
+    nu, nc = np.unique(new.fingerprints, return_counts=True)
+    allfp = np.union1d(ou, nu)
+    ocount = np.zeros(len(allfp), np.int64)
+    ncount = np.zeros(len(allfp), np.int64)
+    ocount[np.searchsorted(allfp, ou)] = oc
+    ncount[np.searchsorted(allfp, nu)] = nc
+    changed = allfp[ocount != ncount]
+    gone = np.isin(old.fingerprints, changed)
+    came = np.isin(new.fingerprints, changed)
+    deleted = int(np.clip(ocount - ncount, 0, None).sum())
+    added = int(np.clip(ncount - ocount, 0, None).sum())
+    old_boxes, new_boxes = old.bounds[gone], new.bounds[came]
+    return LayerChange(
+        added=added,
+        deleted=deleted,
+        old_boxes=old_boxes,
+        new_boxes=new_boxes,
+        new_idx=np.flatnonzero(came).astype(np.int64),
+    )

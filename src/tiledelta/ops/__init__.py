@@ -1,0 +1,1 @@
+"""Operating tiledelta: ``watch`` (poll and update on a schedule) and ``doctor`` (checks)."""

@@ -1,0 +1,11 @@
+"""Tile plans: which meta-tiles to render, level by level (see :mod:`tiledelta.plan.plan`)."""
+
+from tiledelta.plan.plan import (
+    TilePlan,
+    full_plan,
+    plan_for_boxes,
+    update_plan,
+    visible_levels,
+)
+
+__all__ = ["TilePlan", "full_plan", "plan_for_boxes", "update_plan", "visible_levels"]

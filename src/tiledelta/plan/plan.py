@@ -1,0 +1,126 @@
+"""Tile plans: which meta-tiles to render, level by level.
+
+A meta-tile must be drawn when a feature's bounding box meets its buffered
+extent, because that is exactly what Mapnik reads to draw it. The same rule
+gives the full build (every feature's box) and the dirty set of an update
+(the old and new boxes of changed features), so both are computed here
+without enumerating the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tiledelta.grid import (
+    Bounds,
+    TilingScheme,
+    mapnik_scale_denominator,
+    metatile_tiles,
+    metatiles_for_boxes,
+    query_pad,
+)
+from tiledelta.project import Project
+from tiledelta.sources import LayerData
+from tiledelta.style import Style
+from tiledelta.style import visible_levels as _style_visible_levels
+
+
+@dataclass
+class TilePlan:
+    """Meta-tiles to render per level, as (mrow, mcol) int64 arrays, plus counts."""
+
+    metatile: int
+    levels: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def metatile_count(self) -> int:
+        return sum(len(v) for v in self.levels.values())
+
+    def tile_count(self, scheme: TilingScheme) -> dict[int, int]:
+        """Tiles per level covered by the planned meta-tiles (clipped to the grid)."""
+        out = {}
+        for level, mt in self.levels.items():
+            out[level] = int(
+                sum(len(metatile_tiles(scheme, level, r, c, self.metatile)) for r, c in mt)
+            )
+        return out
+
+
+def visible_levels(style: Style, scheme: TilingScheme, levels: list[int]) -> dict[str, list[int]]:
+    """Per layer, the levels at which Mapnik can draw anything for it (no Mapnik needed)."""
+    return _style_visible_levels(
+        style.xml_without_datasources, levels, lambda lv: mapnik_scale_denominator(scheme, lv)
+    )
+
+
+def plan_for_boxes(
+    scheme: TilingScheme,
+    style: Style,
+    boxes_by_layer: dict[str, np.ndarray],
+    levels: list[int],
+    meta: int,
+    buffer_px: int,
+    *,
+    visibility: dict[str, list[int]] | None = None,
+    extent: Bounds | None = None,
+) -> TilePlan:
+    """The meta-tiles of ``levels`` that any of the layers' boxes reach."""
+    visibility = visibility if visibility is not None else visible_levels(style, scheme, levels)
+    plan = TilePlan(metatile=meta)
+    for level in levels:
+        parts = []
+        for name, boxes in boxes_by_layer.items():
+            if level not in visibility.get(name, ()):
+                continue
+            lyr_buffer = style.layer(name).buffer_size
+            pad = query_pad(scheme, level, buffer_px if lyr_buffer is None else lyr_buffer)
+            parts.append(metatiles_for_boxes(scheme, level, boxes, pad, meta))
+        if parts:
+            mt = np.unique(np.concatenate(parts), axis=0)
+            if extent is not None and len(mt):
+                ext = metatiles_for_boxes(scheme, level, np.array([extent]), 0.0, meta)
+                lo, hi = ext.min(axis=0), ext.max(axis=0)
+                keep = np.all((mt >= lo) & (mt <= hi), axis=1)
+                mt = mt[keep]
+            if len(mt):
+                plan.levels[level] = mt
+    return plan
+
+
+def full_plan(project: Project, layers: dict[str, LayerData], levels: list[int]) -> TilePlan:
+    """Meta-tiles that any feature reaches, per level (all others are blank)."""
+    s = project.settings
+    return plan_for_boxes(
+        project.scheme,
+        project.style,
+        {name: d.bounds for name, d in layers.items()},
+        levels,
+        s.metatile,
+        s.buffer,
+        extent=project.extent,
+    )
+
+
+def update_plan(
+    project: Project,
+    boxes: dict[str, np.ndarray],
+    layers: dict[str, LayerData],
+    new_levels: list[int],
+) -> TilePlan:
+    """Meta-tiles to re-render: dirty ``boxes`` on existing levels, everything on new levels."""
+    s = project.settings
+    old_levels = [lv for lv in project.levels if lv not in new_levels]
+    plan = plan_for_boxes(
+        project.scheme,
+        project.style,
+        boxes,
+        old_levels,
+        s.metatile,
+        s.buffer,
+        extent=project.extent,
+    )
+    if new_levels:
+        plan.levels.update(full_plan(project, layers, new_levels).levels)
+    return plan

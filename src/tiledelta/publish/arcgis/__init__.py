@@ -1,0 +1,1 @@
+"""ArcGIS Enterprise: the REST client, server-side cache updates and publishing."""

@@ -1,0 +1,213 @@
+"""Run a tile plan: render meta-tiles in worker processes, write tiles bundle by bundle.
+
+Workers draw and encode; the parent process is the only writer, and it
+writes each bundle (128×128 tiles) once, after all its meta-tiles are drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator
+
+from tiledelta.config import RenderSettings
+from tiledelta.grid import BUNDLE_PACKET, TilingScheme, metatile_tiles, tile_range
+from tiledelta.plan import TilePlan
+from tiledelta.project import Project
+from tiledelta.render._mapnik import mapnik
+from tiledelta.render.renderer import Renderer
+from tiledelta.render.stats import BlankFill, RunStats, TileResult
+from tiledelta.render.throttle import Throttle
+from tiledelta.sources import LayerData
+from tiledelta.style import Style
+
+log = logging.getLogger(__name__)
+
+BUNDLE = BUNDLE_PACKET  # tasks group meta-tiles by bundle
+CHUNK = 8  # meta-tiles per task
+
+_renderer: Renderer | None = None
+
+
+def _init(style: Style, scheme: TilingScheme, layers: dict[str, LayerData], settings) -> None:
+    global _renderer
+    mapnik.clear_cache()
+    _renderer = Renderer(style, scheme, layers, settings)
+
+
+def _work(task: tuple[int, list[tuple[int, int, tuple | None]]]) -> list[TileResult]:
+    level, items = task
+    assert _renderer is not None
+    out: list[TileResult] = []
+    for mrow, mcol, wanted in items:
+        out.extend(_renderer.tiles(level, mrow, mcol, set(wanted) if wanted else None))
+    return out
+
+
+def _tasks(scheme: TilingScheme, plan: TilePlan) -> tuple[list, dict[tuple, int]]:
+    """Chunks of meta-tiles grouped by bundle, and the number of chunks per bundle."""
+    meta = plan.metatile
+    tasks: list = []
+    per_group: dict[tuple, int] = {}
+    for level in sorted(plan.levels):
+        mts = plan.levels[level]
+        groups: dict[tuple, list] = {}
+        for mrow, mcol in mts.tolist():
+            key = (level, mrow * meta // BUNDLE, mcol * meta // BUNDLE)
+            tiles = metatile_tiles(scheme, level, mrow, mcol, meta)
+            full = len(tiles) == meta * meta
+            groups.setdefault(key, []).append((mrow, mcol, None if full else tuple(tiles)))
+        for key, items in groups.items():
+            chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+            per_group[key] = len(chunks)
+            tasks.extend((key, (level, ch)) for ch in chunks)
+    return tasks, per_group
+
+
+def worker_count(requested: int) -> int:
+    return requested if requested > 0 else (os.cpu_count() or 1)
+
+
+def run_plan(
+    style: Style,
+    scheme: TilingScheme,
+    layers: dict[str, LayerData],
+    settings: RenderSettings,
+    plan: TilePlan,
+    store,
+    *,
+    processes: int = 0,
+    compare: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    throttle: Callable[[int], None] | None = None,
+    before: Callable[[list], None] | None = None,
+    blank: BlankFill | None = None,
+) -> RunStats:
+    """Render every meta-tile of ``plan`` and write its tiles into ``store``.
+
+    Blank tiles are not stored. With ``compare`` (updates), tiles whose bytes
+    equal the stored ones are left alone and stored tiles that became blank are
+    deleted. ``progress(done, total)`` is called with tile counts after each chunk.
+    With ``blank``, background-only tiles inside its ranges are stored as its bytes.
+    ``before([(addr, old_bytes_or_None), ...])`` receives what each write replaces
+    (updates keep it for the viewer's before/after swipe).
+    ``throttle(n)`` is called with a chunk's tile count before the chunk goes to a
+    worker; it sleeps to cap the render rate (:class:`~tiledelta.render.throttle.Throttle`).
+    """
+    stats = RunStats(metatiles=plan.metatile_count)
+    tasks, per_group = _tasks(scheme, plan)
+    if not tasks:
+        return stats
+    stats.planned = plan.tile_count(scheme)
+    total = sum(stats.planned.values())
+    done = [0]
+    pending: dict[tuple, list[TileResult]] = {}
+    left = dict(per_group)
+
+    def flush(key: tuple) -> None:
+        results = pending.pop(key, [])
+        stats.tiles_rendered += len(results)
+        old = store.get_many([(lv, r, c) for lv, r, c, _ in results]) if compare else {}
+        writes = []
+        for lv, r, c, data in results:
+            prev = old.get((lv, r, c))
+            if data is None:
+                stats.tiles_blank += 1
+                if blank is not None and blank.covers(lv, r, c):
+                    data = blank.data
+                elif prev is not None:
+                    writes.append((lv, r, c, None))
+                    stats.tiles_removed += 1
+                    continue
+                else:
+                    continue
+            if prev == data:
+                stats.tiles_unchanged += 1
+            else:
+                writes.append((lv, r, c, data))
+                stats.tiles_written += 1
+                stats.count_level(lv)
+        if writes:
+            if before is not None:
+                before([((lv, r, c), old.get((lv, r, c))) for lv, r, c, _ in writes])
+            store.put_many(writes)
+            if compare:
+                stats.changed.extend((lv, r, c) for lv, r, c, _ in writes)
+
+    def consume(results_iter: Iterator[list[TileResult]]) -> None:
+        for (key, _task), results in zip(tasks, results_iter, strict=True):
+            pending.setdefault(key, []).extend(results)
+            left[key] -= 1
+            if left[key] == 0:
+                flush(key)
+            done[0] += len(results)
+            if progress:
+                progress(done[0], total)
+
+    def feed() -> Iterator:
+        for _key, task in tasks:
+            if throttle:
+                throttle(sum(len(w) if w else meta * meta for _r, _c, w in task[1]))
+            yield task
+
+    meta = plan.metatile
+    nproc = min(worker_count(processes), len(tasks))
+    log.info(
+        "rendering %d meta-tiles in %d tasks with %d process(es)",
+        plan.metatile_count,
+        len(tasks),
+        nproc,
+    )
+    if nproc <= 1:
+        _init(style, scheme, layers, settings)
+        consume(_work(t) for t in feed())
+        return stats
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(nproc, initializer=_init, initargs=(style, scheme, layers, settings)) as pool:
+        consume(pool.imap(_work, feed(), chunksize=1))
+    return stats
+
+
+def run_project_plan(
+    project: Project,
+    layers: dict[str, LayerData],
+    plan: TilePlan,
+    store,
+    *,
+    compare: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    before: Callable[[list], None] | None = None,
+    blank: BlankFill | None = None,
+) -> RunStats:
+    """:func:`run_plan` with the project's style, scheme, settings, process count and
+    tile-rate cap."""
+    rate = project.config.render.max_tiles_per_second
+    throttle = Throttle(rate).wait if rate else None
+    return run_plan(
+        project.style,
+        project.scheme,
+        layers,
+        project.settings,
+        plan,
+        store,
+        processes=project.config.render.processes,
+        compare=compare,
+        progress=progress,
+        throttle=throttle,
+        before=before,
+        blank=blank,
+    )
+
+
+def blank_fill(project: Project) -> BlankFill | None:
+    """The project's blank-tile rule: None unless ``[cache] blank_tiles = "store"``."""
+    if project.config.cache.blank_tiles != "store" or project.extent is None:
+        return None
+    renderer = Renderer(project.style, project.scheme, {}, project.settings)
+    ranges = {}
+    for level in project.levels:
+        rng = tile_range(project.scheme, level, project.extent, touch=False)
+        if rng is not None:
+            ranges[level] = rng
+    return BlankFill(renderer.blank_tile(), ranges)

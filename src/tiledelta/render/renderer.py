@@ -1,0 +1,175 @@
+"""Render meta-tiles with Mapnik and cut them into encoded tiles.
+
+Each meta-tile (``metatile`` × ``metatile`` tiles) is drawn once with a pixel
+buffer around it, so labels and symbols are placed as if the map had no tile
+edges, then sliced. Mapnik is given in-memory datasources holding exactly the
+features whose bounding box meets the meta-tile's buffered extent, in the
+layer's stable order (see :mod:`tiledelta.sources`); Mapnik applies the same
+bounding-box test itself, so the picture equals what it would draw from the
+full layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyproj
+import shapely
+
+from tiledelta.config import RenderSettings
+from tiledelta.errors import StyleError
+from tiledelta.grid import Bounds, TilingScheme, metatile_bounds, query_pad
+from tiledelta.render._mapnik import mapnik
+from tiledelta.render.stats import TileResult
+from tiledelta.sources import LayerData
+from tiledelta.style import Style
+
+
+def mapnik_srs(crs: str) -> str:
+    """A projection string Mapnik accepts for ``crs``."""
+    c = pyproj.CRS.from_user_input(crs)
+    epsg = c.to_epsg()
+    return f"epsg:{epsg}" if epsg else c.to_proj4()
+
+
+class Renderer:
+    """Draws meta-tiles of one style over preloaded layer data (one per process)."""
+
+    def __init__(
+        self,
+        style: Style,
+        scheme: TilingScheme,
+        layers: dict[str, LayerData],
+        settings: RenderSettings,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.settings = settings
+        self.layers = layers
+        meta = settings.metatile
+        self.size = size or (meta * scheme.tile_width, meta * scheme.tile_height)
+        self.map = mapnik.Map(*self.size)
+        try:
+            mapnik.load_map_from_string(
+                self.map, style.xml_without_datasources, True, str(style.path.parent)
+            )
+        except Exception as exc:  # Mapnik raises RuntimeError with its reason
+            raise StyleError(f"{style.path}: Mapnik cannot load the style: {exc}") from exc
+        srs = mapnik_srs(scheme.crs)
+        self.map.srs = srs
+        self.map.buffer_size = settings.buffer
+        self._mlayers = {}
+        for lyr in self.map.layers:
+            lyr.srs = srs
+            self._mlayers[lyr.name] = lyr
+        self._buffers = {
+            lyr.name: (lyr.buffer_size if lyr.buffer_size is not None else settings.buffer)
+            for lyr in style.layers
+        }
+        self._trees = {
+            name: shapely.STRtree(shapely.box(*data.bounds.T)) if len(data) else None
+            for name, data in layers.items()
+        }
+        self._features: dict[str, list] = {name: [None] * len(d) for name, d in layers.items()}
+        self._context = mapnik.Context()
+        for data in layers.values():
+            for a in data.attrs:
+                self._context.push(a)
+        self._background = self._render_background()
+        #: the packed RGBA value of a pixel where nothing is drawn
+        self.background = self._background.get_pixel(0, 0)
+        # float slack so the prefilter is never smaller than Mapnik's own query
+        self._slack = query_pad(scheme, scheme.levels[0], 0)
+
+    def _render_background(self) -> mapnik.Image:
+        """What Mapnik paints where no feature is drawn."""
+        for lyr in self.map.layers:
+            lyr.datasource = mapnik.MemoryDatasource()
+        self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
+        im = mapnik.Image(*self.size)
+        mapnik.render(self.map, im)
+        return im
+
+    def blank_tile(self) -> bytes:
+        """One tile of pure background, encoded like every other tile."""
+        view = self._background.view(0, 0, self.scheme.tile_width, self.scheme.tile_height)
+        return encode(view, self.settings, opaque=(self.background >> 24) & 0xFF == 255)
+
+    def _feature(self, name: str, i: int):
+        f = self._features[name][i]
+        if f is None:
+            data = self.layers[name]
+            f = mapnik.Feature(self._context, i + 1)
+            f.geometry = mapnik.Geometry.from_wkb(data.wkb[i])
+            for a, col in data.attrs.items():
+                v = col[i]
+                if v is not None:
+                    f[a] = v
+            self._features[name][i] = f
+        return f
+
+    def render_metatile(self, level: int, mrow: int, mcol: int) -> mapnik.Image:
+        """Draw one meta-tile and return Mapnik's image."""
+        b = metatile_bounds(self.scheme, level, mrow, mcol, self.settings.metatile)
+        return self.render_bounds(b, self.scheme.resolution(level))
+
+    def render_bounds(self, b: Bounds, resolution: float) -> mapnik.Image:
+        """Draw ``b`` (which must fit the image size at ``resolution``) and return the image."""
+        for name, lyr in self._mlayers.items():
+            ds = mapnik.MemoryDatasource()
+            tree = self._trees.get(name)
+            if tree is not None:
+                pad = self._buffers.get(name, self.settings.buffer) * resolution + self._slack
+                box = shapely.box(b.xmin - pad, b.ymin - pad, b.xmax + pad, b.ymax + pad)
+                for i in np.sort(tree.query(box)):
+                    ds.add_feature(self._feature(name, int(i)))
+            lyr.datasource = ds
+        self.map.zoom_to_box(mapnik.Box2d(b.xmin, b.ymin, b.xmax, b.ymax))
+        im = mapnik.Image(*self.size)
+        mapnik.render(self.map, im)
+        return im
+
+    def tiles(
+        self, level: int, mrow: int, mcol: int, wanted: set[tuple[int, int]] | None = None
+    ) -> list[TileResult]:
+        """Render a meta-tile and return its tiles, encoded; ``None`` data = blank tile.
+
+        A tile is blank when every pixel equals the style's background.
+        ``wanted`` limits the output to those (row, col); by default every tile of
+        the meta-tile is returned.
+        """
+        im = self.render_metatile(level, mrow, mcol)
+        meta = self.settings.metatile
+        tw, th = self.scheme.tile_width, self.scheme.tile_height
+        alpha = None
+        if self.settings.fmt == "mixed":
+            w, h = self.size
+            alpha = np.frombuffer(im.to_string(), dtype=np.uint8).reshape(h, w, 4)[..., 3]
+        out: list[TileResult] = []
+        for j in range(meta):
+            for i in range(meta):
+                row, col = mrow * meta + j, mcol * meta + i
+                if wanted is not None and (row, col) not in wanted:
+                    continue
+                x, y = i * tw, j * th
+                view = im.view(x, y, tw, th)
+                if view.is_solid() and im.get_pixel(x, y) == self.background:
+                    out.append((level, row, col, None))
+                    continue
+                opaque = alpha is not None and alpha[y : y + th, x : x + tw].min() == 255
+                out.append((level, row, col, encode(view, self.settings, opaque)))
+        return out
+
+
+def encode(view, settings: RenderSettings, opaque: bool = False) -> bytes:
+    """Encode a tile (a Mapnik image view) in the configured format.
+
+    MIXED gives JPEG for ``opaque`` tiles and PNG for the others.
+    """
+    fmt = settings.fmt
+    if fmt == "mixed":
+        fmt = "jpeg" if opaque else "png"
+    if fmt == "png":
+        return view.to_string("png32")
+    if fmt == "png8":
+        return view.to_string("png8")
+    return view.to_string(f"jpeg{settings.quality}")

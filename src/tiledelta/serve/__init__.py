@@ -1,0 +1,1 @@
+"""``tiledelta serve``: a read-only tile server (XYZ, ArcGIS REST, WMTS) and the viewer."""

@@ -1,0 +1,118 @@
+"""HTTP helpers shared by the tile server's faces and the viewer: tile responses with
+ETag / Last-Modified / 304, JSON and OWS errors, strict integer parsing."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC
+
+NO_CACHE = {"Cache-Control": "no-cache"}
+INT = re.compile(r"[0-9]{1,10}", re.ASCII)
+TILE_NAME = re.compile(r"([0-9]{1,10})\.(png|jpg|jpeg)", re.ASCII)
+
+
+@dataclass(frozen=True)
+class TileHit:
+    """A stored tile: its bytes and the modification time of the file holding it."""
+
+    data: bytes
+    mtime: float
+
+
+def json_response(obj: Any, status: int = 200, pretty: bool = False) -> Response:
+    text = json.dumps(obj, indent=2 if pretty else None, allow_nan=False)
+    return Response(
+        text,
+        status_code=status,
+        media_type="application/json",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": {"code": status, "message": message, "details": []}}, status)
+
+
+def ows_error(status: int, code: str, text: str, locator: str | None = None) -> Response:
+    loc = f" locator={quoteattr(locator)}" if locator else ""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<ows:ExceptionReport xmlns:ows="http://www.opengis.net/ows/1.1" version="1.1.0">'
+        f'<ows:Exception exceptionCode="{code}"{loc}>'
+        f"<ows:ExceptionText>{escape(text)}</ows:ExceptionText></ows:Exception>"
+        "</ows:ExceptionReport>\n"
+    )
+    return Response(body, status_code=status, media_type="application/xml")
+
+
+def media_type(data: bytes) -> str:
+    if data.startswith(PNG_MAGIC):
+        return "image/png"
+    if data.startswith(JPEG_MAGIC):
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    for part in header.split(","):
+        tag = part.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+def not_modified_since(header: str, mtime: float) -> bool:
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if when is None:
+        return False
+    with contextlib.suppress(OverflowError, OSError, ValueError):
+        return int(mtime) <= when.timestamp()
+    return False
+
+
+def tile_response(request: Request, hit: TileHit, max_age: int) -> Response:
+    etag = '"' + hashlib.blake2b(hit.data, digest_size=16).hexdigest() + '"'
+    headers = {
+        "ETag": etag,
+        "Last-Modified": email.utils.formatdate(hit.mtime, usegmt=True),
+        "Cache-Control": f"public, max-age={max_age}",
+        "X-Content-Type-Options": "nosniff",
+    }
+    inm = request.headers.get("if-none-match")
+    if inm is not None:
+        if etag_matches(inm, etag):
+            return Response(status_code=304, headers=headers)
+    else:
+        ims = request.headers.get("if-modified-since")
+        if ims is not None and not_modified_since(ims, hit.mtime):
+            return Response(status_code=304, headers=headers)
+    return Response(hit.data, media_type=media_type(hit.data), headers=headers)
+
+
+def parse_int(text: str | None) -> int | None:
+    """A non-negative decimal integer of at most 10 ASCII digits, else None."""
+    if text is None or not INT.fullmatch(text):
+        return None
+    return int(text)
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")

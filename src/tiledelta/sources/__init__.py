@@ -1,0 +1,64 @@
+"""Read each style layer's features, in a stable order.
+
+Files are read with GDAL (pyogrio) in the dataset's own full-scan order (file order
+for shapefiles, row order for GeoPackage/SQLite), never an index order, so that what
+Mapnik draws does not depend on where unrelated features are stored
+(docs: findings.md §2). PostGIS tables are read with psycopg, ordered by their key
+(:mod:`tiledelta.sources.postgis`). Both readers give a :class:`RawLayer`, which one code
+path (:func:`~tiledelta.sources.types.layer_data`) turns into :class:`LayerData`.
+Geometries are returned in the tiling scheme's CRS, with their bounding boxes and a
+fingerprint of what the renderer sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tiledelta.project import Project
+from tiledelta.sources import gdal, postgis
+from tiledelta.sources.gdal import describe, list_layers
+from tiledelta.sources.types import LayerData, RawLayer, data_extent, fingerprints, layer_data
+from tiledelta.style import LayerSource
+
+__all__ = [
+    "LayerData",
+    "RawLayer",
+    "data_extent",
+    "describe",
+    "display_path",
+    "fingerprints",
+    "list_layers",
+    "read_layer",
+    "read_layers",
+]
+
+log = logging.getLogger(__name__)
+
+
+def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> LayerData:
+    """Read every feature of ``src`` in a stable order, reprojected to ``target_crs``.
+
+    Files are read with GDAL in full-scan order; PostGIS layers with psycopg in key order
+    (:mod:`tiledelta.postgis`). Features with no geometry are skipped (Mapnik draws nothing
+    for them). ``key`` names a field whose value identifies a feature across edits.
+    """
+    raw = postgis.read_raw(src, key) if src.kind == "postgis" else gdal.read_raw(src, key)
+    return layer_data(src, raw, target_crs)
+
+
+def display_path(src: LayerSource) -> str:
+    """Where a layer's data is, fit to print: a PostGIS connection without its password."""
+    return postgis.where(src) if src.kind == "postgis" else src.path
+
+
+def read_layers(project: Project) -> dict[str, LayerData]:
+    """Every style layer's features, in scheme CRS and stable order."""
+    out = {}
+    for src in project.style.layers:
+        t = time.perf_counter()
+        out[src.name] = read_layer(src, project.scheme.crs, project.key_field(src.name))
+        log.info(
+            "read %s: %d features in %.2f s", src.name, len(out[src.name]), time.perf_counter() - t
+        )
+    return out

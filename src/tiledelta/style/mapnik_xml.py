@@ -1,0 +1,174 @@
+"""The map style: a Mapnik XML file whose layers name their datasources.
+
+tiledelta reads the data itself (see :mod:`tiledelta.sources`) and hands Mapnik
+in-memory datasources in a stable order, so this module splits a style into
+what Mapnik draws (styles, symbolizers, layer settings) and where each layer's
+data comes from (:class:`LayerSource`). It also finds the attributes the style
+uses, so edits to other attributes never dirty a tile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiledelta.errors import StyleError
+
+#: Datasource types whose features tiledelta reads through GDAL/OGR.
+VECTOR_TYPES = {"shape", "ogr", "sqlite", "geojson", "postgis"}
+_FIELD_REF = re.compile(r"\[([^\[\]]+)\]")
+_MAPNIK_VARS = {"mapnik::geometry_type", "mapnik::feature_id"}
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """Where one style layer's features come from."""
+
+    name: str
+    kind: str  # shape | ogr | sqlite | geojson | postgis
+    path: str  # file path (absolute) or a GDAL connection string
+    layer: str | None = None  # layer / table inside the dataset
+    srs: str | None = None  # the layer's declared srs, if any
+    buffer_size: int | None = None  # layer-level buffer override (pixels)
+    attributes: tuple[str, ...] = ()  # attributes the style uses for this layer
+    params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Style:
+    """A parsed style: Mapnik XML without datasources, plus each layer's source."""
+
+    path: Path
+    xml_without_datasources: str
+    layers: tuple[LayerSource, ...]
+    fonts: tuple[str, ...]
+    digest: str  # hash of the style file's bytes
+
+    def layer(self, name: str) -> LayerSource:
+        for lyr in self.layers:
+            if lyr.name == name:
+                return lyr
+        raise StyleError(f"{self.path}: no layer named {name!r}")
+
+
+def _params(ds: ET.Element) -> dict[str, str]:
+    out = {}
+    for p in ds.findall("Parameter"):
+        if p.get("name"):
+            out[p.get("name", "")] = (p.text or "").strip()
+    return out
+
+
+def _style_attributes(style: ET.Element) -> set[str]:
+    """Attribute names referenced anywhere in a <Style> (filters, text, symbol fields)."""
+    names: set[str] = set()
+    for el in style.iter():
+        texts = [el.text or ""] + list(el.attrib.values())
+        for text in texts:
+            for ref in _FIELD_REF.findall(text):
+                if ref not in _MAPNIK_VARS and not ref.startswith("@"):
+                    names.add(ref)
+    return names
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load_style(path: Path) -> Style:
+    """Parse a Mapnik XML style; raise :class:`StyleError` with a one-line reason."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StyleError(f"{path}: cannot read the style ({exc.strerror})") from exc
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
+        raise StyleError(f"{path}: not valid XML ({exc})") from exc
+    if root.tag != "Map":
+        raise StyleError(f"{path}: not a Mapnik style (root element is <{root.tag}>, not <Map>)")
+    base = path.parent
+    if root.get("base"):
+        base = Path(_resolve_path(root.get("base", ""), path.parent))
+
+    styles = {s.get("name", ""): _style_attributes(s) for s in root.findall("Style")}
+    fonts = sorted(
+        {v for el in root.iter() for k, v in el.attrib.items() if k == "face-name"}
+        | {f.get("face-name", "") for f in root.iter("Font") if f.get("face-name")}
+    )
+    layers: list[LayerSource] = []
+    for lyr in root.findall("Layer"):
+        name = lyr.get("name") or ""
+        if not name:
+            raise StyleError(f"{path}: a <Layer> has no name; give every layer a unique name")
+        if any(x.name == name for x in layers):
+            raise StyleError(f"{path}: layer name {name!r} is used twice; names must be unique")
+        ds = lyr.find("Datasource")
+        if ds is None:
+            raise StyleError(f"{path}: layer {name!r} has no <Datasource>")
+        params = _params(ds)
+        if ds.get("base"):
+            raise StyleError(
+                f"{path}: layer {name!r}: named datasource templates are not supported"
+            )
+        kind = params.get("type", "")
+        if kind not in VECTOR_TYPES:
+            raise StyleError(
+                f"{path}: layer {name!r} has datasource type {kind!r}; tiledelta supports "
+                f"{', '.join(sorted(VECTOR_TYPES))}"
+            )
+        ds_base = Path(_resolve_path(params["base"], base)) if params.get("base") else base
+        used: set[str] = set()
+        for sn in lyr.findall("StyleName"):
+            sname = (sn.text or "").strip()
+            if sname not in styles:
+                raise StyleError(
+                    f"{path}: layer {name!r} names style {sname!r}, which is not defined"
+                )
+            used |= styles[sname]
+        layer_name: str | None = None
+        if kind == "postgis":
+            conn = " ".join(
+                f"{k}={params[k]}"
+                for k in ("host", "port", "dbname", "user", "password")
+                if params.get(k)
+            )
+            src_path = f"PG:{conn}"
+            layer_name = params.get("table")
+        else:
+            file = params.get("file")
+            if not file:
+                raise StyleError(f"{path}: layer {name!r}: datasource has no 'file' parameter")
+            src_path = _resolve_path(file, ds_base)
+            if kind == "shape" and not src_path.lower().endswith(".shp"):
+                src_path += ".shp"
+            layer_name = params.get("layer") or params.get("table") or None
+        buf = lyr.get("buffer-size")
+        layers.append(
+            LayerSource(
+                name=name,
+                kind=kind,
+                path=src_path,
+                layer=layer_name,
+                srs=lyr.get("srs"),
+                buffer_size=int(buf) if buf else None,
+                attributes=tuple(sorted(used)),
+                params=params,
+            )
+        )
+        lyr.remove(ds)
+    if not layers:
+        raise StyleError(f"{path}: the style has no layers")
+    xml = ET.tostring(root, encoding="unicode")
+    return Style(
+        path=path.resolve(),
+        xml_without_datasources=xml,
+        layers=tuple(layers),
+        fonts=tuple(fonts),
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
