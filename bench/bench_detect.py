@@ -64,8 +64,8 @@ def generate(root: Path, n: int) -> None:
 
 def snapshot(root: Path) -> None:
     from tiledelta.api import init_project, load_project
-    from tiledelta.sources import read_layers
     from tiledelta.change import record_build
+    from tiledelta.sources import read_layers
 
     (root / "style.xml").write_text(STYLE)
     init_project(root, style=root / "style.xml", levels="10-19", force=True)

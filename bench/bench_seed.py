@@ -47,11 +47,10 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     args = ap.parse_args()
 
-    from tiledelta.api import load_project
+    from tiledelta.api import load_project, seed
     from tiledelta.grid import metatile_bounds
     from tiledelta.plan import full_plan
     from tiledelta.sources import read_layers
-    from tiledelta.api import seed
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_project(Path(tmp) / "clatsop", args.levels)

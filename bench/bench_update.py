@@ -28,9 +28,7 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=10)
     args = ap.parse_args()
 
-    from tiledelta.api import load_project
-    from tiledelta.api import seed
-    from tiledelta.api import update
+    from tiledelta.api import load_project, seed, update
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_project(Path(tmp) / "clatsop", args.levels, gpkg=True, key="FID_1")

@@ -26,6 +26,7 @@ from tiledelta.grid.esri import (
     record_tile,
     tile_format,
 )
+from tiledelta.grid.load import load_scheme
 from tiledelta.grid.metatiles import (
     MAPNIK_PIXEL_METERS,
     mapnik_scale_denominator,
@@ -37,7 +38,6 @@ from tiledelta.grid.metatiles import (
 )
 from tiledelta.grid.schemes import (
     crs_from_spatial_reference,
-    load_scheme,
     scheme_from_tile_info,
     scheme_inches_per_unit,
     scheme_meters_per_unit,

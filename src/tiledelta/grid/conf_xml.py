@@ -7,6 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import pyproj
@@ -15,28 +16,22 @@ from tiledelta.errors import CacheError, SchemeError
 from tiledelta.grid.esri import (
     BUNDLE_PACKET,
     ESRI_NS,
-    WEB_MERCATOR_WKIDS,
     esri_tile_format,
     tile_format,
 )
+from tiledelta.grid.schemes import crs_from_spatial_reference
 from tiledelta.grid.tiles import LOD, Bounds, TilingScheme, is_web_mercator, web_mercator
 
 
 def _crs_for(wkid: int | None, latest: int | None, wkt: str | None) -> str:
-    """A pyproj-usable CRS string: EPSG:<latest or wkid> when known, else the WKT."""
-    for code in (latest, wkid):
-        if code is None:
-            continue
-        if code in WEB_MERCATOR_WKIDS:
-            return "EPSG:3857"
-        try:
-            pyproj.CRS.from_epsg(code)
-        except pyproj.exceptions.CRSError:
-            continue
-        return f"EPSG:{code}"
-    if wkt:
-        return wkt
-    raise CacheError(f"spatial reference (wkid {wkid}, latest {latest}) is unknown and has no WKT")
+    """A pyproj-usable CRS string, by the same rules as tileInfo and root.json."""
+    sr: dict[str, Any] = {
+        k: v for k, v in (("wkid", wkid), ("latestWkid", latest), ("wkt", wkt)) if v
+    }
+    try:
+        return crs_from_spatial_reference(sr)[0]
+    except SchemeError as exc:
+        raise CacheError(f"spatial reference: {exc}") from None
 
 
 def scheme_from_parts(

@@ -23,16 +23,17 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tiledelta.errors import CacheError
+from tiledelta.errors import CacheError, SchemeError
 from tiledelta.grid import (
-    LOD,
     TilingScheme,
     bundle_name,
     bundle_origin,
+    is_web_mercator,
     record_index,
     record_tile,
+    scheme_from_tile_info,
+    web_mercator,
 )
-from tiledelta.grid.conf_xml import scheme_from_parts
 from tiledelta.grid.esri import esri_tile_format
 from tiledelta.stores.base import Addr, TileStore
 from tiledelta.stores.compact import DATA_START, parse_bundle_index, read_record
@@ -77,31 +78,23 @@ class _Window(io.RawIOBase):
 
 
 def scheme_from_root_json(root: dict[str, Any], name: str | None = None) -> TilingScheme:
-    """The tiling scheme described by a tile package's root.json (or a MapServer's JSON)."""
+    """The tiling scheme of a tile package's root.json (the grid only: no data extent)."""
     info = root.get("tileInfo")
     if not isinstance(info, dict):
         raise CacheError("root.json has no tileInfo")
-    sr = info.get("spatialReference") or root.get("spatialReference") or {}
     try:
-        lods = [
-            LOD(level=int(d["level"]), scale=float(d["scale"]), resolution=float(d["resolution"]))
-            for d in info["lods"]
-        ]
-        origin = (float(info["origin"]["x"]), float(info["origin"]["y"]))
-        size = (int(info.get("cols", 256)), int(info.get("rows", 256)))
-        dpi = int(info.get("dpi", 96))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CacheError(f"root.json tileInfo is incomplete ({exc!r})") from exc
-    return scheme_from_parts(
-        name=name if name is not None else root.get("name"),
-        wkid=sr.get("wkid"),
-        latest_wkid=sr.get("latestWkid"),
-        wkt=sr.get("wkt"),
-        origin=origin,
-        size=size,
-        dpi=dpi,
-        lods=lods,
-    )
+        scheme = scheme_from_tile_info(
+            {
+                **info,
+                "spatialReference": info.get("spatialReference") or root.get("spatialReference"),
+            },
+            name=name if name is not None else str(root.get("name") or "custom"),
+        )
+    except SchemeError as exc:
+        raise CacheError(f"root.json: {exc}") from None
+    if is_web_mercator(scheme):
+        scheme = scheme.model_copy(update={"extent": web_mercator().extent})
+    return scheme
 
 
 class TpkxReader(TileStore):

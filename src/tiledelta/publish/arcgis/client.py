@@ -29,7 +29,6 @@ from tiledelta.errors import TileDeltaError
 log = logging.getLogger(__name__)
 
 JOB_DONE = {"esriJobSucceeded", "esriJobFailed", "esriJobTimedOut", "esriJobCancelled"}
-CACHE_TASK = "System/CachingControllers/GPServer/Manage Map Cache Tiles"
 PUBLISH_TASK = "System/PublishingTools/GPServer/Publish Service Definition"
 
 
