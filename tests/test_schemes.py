@@ -305,9 +305,6 @@ def _errors(tmp_path: Path) -> list[SchemeError]:
 
 @needs_shared
 def test_load_conf_xml() -> None:
-    compact = pytest.importorskip("tiledelta.stores.compact")
-    if not hasattr(compact, "scheme_from_conf_xml"):
-        pytest.skip("tiledelta.stores.compact.scheme_from_conf_xml not written yet")
     cache = SHARED / "data" / "esri_samples" / "compact_cache_v2"
     scheme = load_scheme(str(cache / "conf.xml"), REPO)
     assert is_web_mercator(scheme)
@@ -315,9 +312,6 @@ def test_load_conf_xml() -> None:
 
 
 def test_load_bad_conf_xml(tmp_path: Path) -> None:
-    compact = pytest.importorskip("tiledelta.stores.compact")
-    if not hasattr(compact, "scheme_from_conf_xml"):
-        pytest.skip("tiledelta.stores.compact.scheme_from_conf_xml not written yet")
     (tmp_path / "conf.xml").write_text("<NotACache/>")
     with pytest.raises(SchemeError, match="conf.xml"):
         load_scheme("conf.xml", tmp_path)

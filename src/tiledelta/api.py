@@ -17,7 +17,7 @@ from tiledelta import sample
 from tiledelta.build import build_full, build_update
 from tiledelta.build.context import Progress
 from tiledelta.change import detect_changes, measured_speed, write_aoi
-from tiledelta.config import CacheConfig, LayerConfig, ProjectConfig
+from tiledelta.config import LayerConfig, parse_config
 from tiledelta.errors import ConfigError
 from tiledelta.plan import full_plan, update_plan
 from tiledelta.project import PROJECT_FILE, Project
@@ -90,12 +90,13 @@ def init_project(
         style_ref = "style.xml"
         _write_default_style(directory, sources or [])
     cache_path = "cache.mbtiles" if cache_kind == "mbtiles" else "cache"
-    cfg = ProjectConfig(
-        style=style_ref,
-        scheme=scheme,
-        levels=levels,
-        cache=CacheConfig(kind=cache_kind, path=cache_path, format=fmt),
-    )
+    data = {
+        "style": style_ref,
+        "scheme": scheme,
+        "levels": levels,
+        "cache": {"kind": cache_kind, "path": cache_path, "format": fmt},
+    }
+    cfg = parse_config(data, target)
     project = Project(directory, cfg)
     project.check()  # scheme and levels, before writing
     project.style  # noqa: B018
@@ -110,7 +111,7 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def _write_default_style(directory: Path, sources: list[str]) -> None:
-    described = []
+    described: list[dict[str, Any]] = []
     for spec in sources:
         path, _, layer = spec.partition("::") if "::" in spec else _split_layer(spec)
         real = Path(path).expanduser()

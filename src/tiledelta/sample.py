@@ -194,8 +194,7 @@ def generate(folder: Path) -> dict[str, int]:
     for j in range(NY):
         for i in range(NX):
             bx, by = X0 + STREET + i * pitch, Y0 + STREET + j * pitch
-            cols, rows = rng.choice([(2, 2), (3, 2), (4, 2)]), 1
-            cols, rows = cols
+            cols, rows = rng.choice([(2, 2), (3, 2), (4, 2)])
             pw, ph = BLOCK / cols, BLOCK / rows
             for r in range(rows):
                 for c in range(cols):

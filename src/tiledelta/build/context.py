@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from tiledelta.render import RunStats
 from tiledelta.sources import LayerData
 
 Progress = Callable[[int, int], None]
+#: seed | update | rebuild (an update that rebuilt everything) | arcgis | arcgis-baseline
+RunKind = Literal["seed", "update", "rebuild", "arcgis", "arcgis-baseline"]
 BeforeSink = Callable[[list[tuple[tuple[int, int, int], bytes | None]]], None]
 
 
@@ -58,7 +60,7 @@ class RunContext:
 class BuildOutcome:
     """What a build did: enough for the lifecycle to record, summarise and report it."""
 
-    kind: str  # seed | update | rebuild | arcgis | arcgis-baseline
+    kind: RunKind
     layers: dict[str, LayerData]
     levels: list[int]
     stats: RunStats = field(default_factory=RunStats)

@@ -121,6 +121,7 @@ def record_build(
             "INSERT INTO runs (kind, started, finished, status, summary) VALUES (?, ?, ?, ?, ?)",
             (kind, time.time(), time.time(), "ok", json.dumps(summary or {})),
         )
+    assert cur.lastrowid is not None
     return int(cur.lastrowid)
 
 

@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -117,7 +118,7 @@ def run_checks(project_dir: Path | str) -> list[Check]:
     if style_ok or _style_parses(project):
         r.run("fonts", lambda: _check_fonts(project))
         for src in project.style.layers:
-            r.run(f"datasource {src.name}", lambda src=src: _check_layer(project, src))
+            r.run(f"datasource {src.name}", partial(_check_layer, project, src))
     scheme_ok = r.run("scheme", lambda: _check_scheme(project))
     if scheme_ok:
         r.run("cache", lambda: _check_cache(project))

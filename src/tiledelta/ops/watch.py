@@ -117,8 +117,7 @@ def input_files(project: Project) -> list[Path] | None:
         if src.kind == "postgis" or src.path.startswith("PG:"):
             return None
         files += _file_group(Path(src.path))
-    seen: set[Path] = set()
-    return [p for p in files if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(files))  # without repeats, in order
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,9 @@ def _iteminfo(name: str, extent, scheme) -> dict:
     ext = None
     if extent is not None:
         tr = pyproj.Transformer.from_crs(scheme.crs, "EPSG:4326", always_xy=True)
-        xmin, ymin, xmax, ymax = tr.transform_bounds(*extent, densify_pts=11)
+        xmin, ymin, xmax, ymax = tr.transform_bounds(
+            extent[0], extent[1], extent[2], extent[3], densify_pts=11
+        )
         ext = {
             "xmin": xmin,
             "ymin": ymin,

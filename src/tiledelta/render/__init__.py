@@ -24,4 +24,7 @@ __all__ = ["BlankFill", "RunStats", "Throttle", "TileResult", "mapnik_installed"
 
 def mapnik_installed() -> bool:
     """True when Mapnik can be imported (without importing it)."""
-    return importlib.util.find_spec("mapnik") is not None
+    try:
+        return importlib.util.find_spec("mapnik") is not None
+    except (ImportError, ValueError):  # blocked, or a stub without a spec
+        return False

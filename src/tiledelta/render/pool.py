@@ -109,7 +109,7 @@ def run_plan(
         results = pending.pop(key, [])
         stats.tiles_rendered += len(results)
         old = store.get_many([(lv, r, c) for lv, r, c, _ in results]) if compare else {}
-        writes = []
+        writes: list[tuple[int, int, int, bytes | None]] = []
         for lv, r, c, data in results:
             prev = old.get((lv, r, c))
             if data is None:

@@ -125,7 +125,7 @@ def summarise(
     }
     local = ctx.target == "local"
     return RunSummary(
-        kind=outcome.kind,  # type: ignore[arg-type]
+        kind=outcome.kind,
         target="local" if local else "arcgis",
         cache=str(project.cache_path) if local else None,
         cache_kind=project.config.cache.kind if local else None,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-RunKind = Literal["seed", "update", "rebuild", "arcgis", "arcgis-baseline"]
+from tiledelta.build.context import RunKind
 
 
 class LevelSummary(BaseModel):

@@ -116,7 +116,9 @@ def level_areas(
                 continue
             b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
             if tr is not None:
-                b = np.array([tr.transform_bounds(*row, densify_pts=11) for row in b])
+                b = np.array(
+                    [tr.transform_bounds(x0, y0, x1, y1, densify_pts=11) for x0, y0, x1, y1 in b]
+                )
             lyr_buffer = project.style.layer(name).buffer_size
             pad = query_pad(scheme, level, buffer_px if lyr_buffer is None else lyr_buffer)
             # Whole meta-tiles: a label moved anywhere in a meta-tile can change its

@@ -21,6 +21,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tiledelta.project import Project
 from tiledelta.publish.arcgis.cache import arcgis_config, connect, update_server
@@ -90,7 +91,7 @@ def publish(
             msgs = "; ".join(str(m.get("description", "")) for m in status.get("messages") or [])
             raise ArcGISError(advise(f"publishing failed ({status.get('jobStatus')}): {msgs}"))
         say(f"published {cfg.service}")
-    result = {"published": cfg.service, "sd": str(sd), "job": job}
+    result: dict[str, Any] = {"published": cfg.service, "sd": str(sd), "job": job}
     if update_cache:
         result["cache"] = update_server(project, say=say)
     if cfg.item_id and cfg.portal:
@@ -193,6 +194,8 @@ def stage_with_arcpy(project: Project, say: Callable[[str], None]) -> Path:  # p
     import arcpy  # only on ArcGIS Pro machines
 
     cfg = arcgis_config(project)
+    if not cfg.aprx:
+        raise ArcGISError("[arcgis] aprx: name the ArcGIS Pro project to publish from")
     aprx = arcpy.mp.ArcGISProject(str(project.resolve(cfg.aprx)))
     maps = aprx.listMaps(cfg.map or "*")
     if not maps:

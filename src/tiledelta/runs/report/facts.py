@@ -1,0 +1,121 @@
+"""What a run's summary says, in the words every reader uses: HTML, text, notifications.
+
+The kind of run is the summary's ``kind`` (:class:`~tiledelta.runs.summary.RunSummary`).
+A local run's tiles are counted as rendered, written, unchanged, blank and removed, in
+that order and in those words (the rendered split into the next three; removed apart).
+Per level, a seed's or a rebuild's numbers are stored tiles, an update's planned tiles.
+A server run (``arcgis``) renders no tile here: it sends server jobs, one per level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from tiledelta.runs.summary import RunKind, RunSummary
+
+#: Summary field -> its word, in the order readers show them.
+COUNT_WORDS = {
+    "tiles_rendered": "rendered",
+    "tiles_written": "written",
+    "tiles_unchanged": "unchanged",
+    "tiles_blank": "blank",
+    "tiles_removed": "removed",
+}
+#: ``tiles_blank_stored``: background-only tiles stored where there was none.
+BLANK_FILLED = "blank tiles filled in"
+#: The column of tiles a run wrote or removed (``tiles.json``), per level.
+CHANGED_WORDS = "written or removed"
+SERVER_KINDS = ("arcgis", "arcgis-baseline")
+_KINDS = frozenset(get_args(RunKind))
+
+
+def run_kind(summary: Mapping[str, Any]) -> str:
+    """What ran: the summary's ``kind``; for a failure, what failed (seed, update, watch...)."""
+    if summary.get("kind"):
+        return str(summary["kind"])
+    # Older summaries have no kind (local runs only): guessed from their keys, as written then.
+    if summary.get("rebuild") or (summary.get("changes") or {}).get("rebuild"):
+        return "rebuild"
+    return "update" if "changes" in summary else "seed"
+
+
+def parse_summary(summary: Mapping[str, Any]) -> RunSummary | None:
+    """``summary`` as a :class:`RunSummary`; None when it describes no run of a known kind
+    (a failure of ``watch``).
+
+    Tolerant, for old run folders and for summaries that carry more: keys the model does
+    not know (``error``, ``changemap_error``, watch's ``watch_seconds``) are ignored, a
+    missing ``kind`` comes from :func:`run_kind`, and fields that do not validate are left
+    out (as if absent).
+    """
+    kind = run_kind(summary)
+    if kind not in _KINDS:
+        return None
+    fields = {k: v for k, v in summary.items() if k in RunSummary.model_fields}
+    fields["kind"] = kind
+    while True:
+        try:
+            return RunSummary.model_validate(fields)
+        except ValidationError as exc:
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]} & (fields.keys() - {"kind"})
+            if not bad:
+                return None
+            for key in bad:
+                del fields[key]
+
+
+def rebuild_reason(s: RunSummary) -> str | None:
+    """Why everything was rebuilt (a rebuild, or a server run without a baseline), or None."""
+    return s.rebuild or (s.changes or {}).get("rebuild") or None
+
+
+def tile_counts(s: RunSummary) -> list[tuple[str, int]]:
+    """``(word, count)`` of the tiles a local run rendered (plus :data:`BLANK_FILLED` when
+    some were); empty for a server run and for a summary without counts (a failure's)."""
+    if s.kind in SERVER_KINDS or not s.model_fields_set & COUNT_WORDS.keys():
+        return []
+    out = [(word, int(getattr(s, field))) for field, word in COUNT_WORDS.items()]
+    if s.tiles_blank_stored:
+        out.append((BLANK_FILLED, s.tiles_blank_stored))
+    return out
+
+
+def level_words(kind: str) -> str:
+    """What a local run's per-level numbers count."""
+    return "planned tiles" if kind == "update" else "stored tiles"
+
+
+def server_jobs(s: RunSummary) -> str:
+    """A server run's jobs in a few words: "2 server job(s)"."""
+    n = len(s.jobs or [])
+    if s.kind == "arcgis-baseline":
+        return f"{n} server job(s): the server's cache was marked current"
+    return f"{n} server job(s)"
+
+
+def jobs_per_level(s: RunSummary) -> dict[str, dict[str, Any]]:
+    """A server run's jobs by level (as text)."""
+    return {str(j["level"]): j for j in s.jobs or [] if j.get("level") is not None}
+
+
+def outcome(s: RunSummary) -> str:
+    """What the run did, in a few words: tiles written (and removed), or server jobs."""
+    if s.kind in SERVER_KINDS:
+        return server_jobs(s)
+    text = f"{s.tiles_written:,} tiles written"
+    if s.tiles_removed:
+        text += f", {s.tiles_removed:,} removed"
+    return text
+
+
+def changed_anything(s: RunSummary) -> bool:
+    """Whether the run wrote or removed a tile, sent a server job or rebuilt everything."""
+    return bool(s.tiles_written or s.tiles_removed or s.jobs or rebuild_reason(s))
+
+
+def level_order(levels: Iterable[str]) -> list[str]:
+    """Level keys in numeric order (any other key last)."""
+    return sorted(levels, key=lambda v: (0, int(v)) if str(v).isdigit() else (1, str(v)))
