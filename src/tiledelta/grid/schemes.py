@@ -18,7 +18,13 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from tiledelta.errors import SchemeError
-from tiledelta.grid.esri import ESRI_FORMATS, WEB_MERCATOR_WKIDS, esri_units, inches_per_unit
+from tiledelta.grid.esri import (
+    BUNDLE_PACKET,
+    ESRI_FORMATS,
+    WEB_MERCATOR_WKIDS,
+    esri_units,
+    inches_per_unit,
+)
 from tiledelta.grid.tiles import LOD, Bounds, TilingScheme
 
 # --------------------------------------------------------------------------- CRS
@@ -289,7 +295,10 @@ def scheme_to_root_json(
         "initialExtent": dict(envelope),
         "fullExtent": dict(envelope),
         "tileInfo": scheme_to_tile_info(scheme),
-        "storageInfo": {"storageFormat": "esriMapCacheStorageModeCompactV2", "packetSize": 128},
+        "storageInfo": {
+            "storageFormat": "esriMapCacheStorageModeCompactV2",
+            "packetSize": BUNDLE_PACKET,
+        },
         "tileImageInfo": {
             "format": fmt_u,
             "compressionQuality": quality if fmt_u in ("JPEG", "MIXED") else 0,
