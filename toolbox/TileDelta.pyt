@@ -108,7 +108,5 @@ class Publish:
         return [_project_param()]
 
     def execute(self, parameters, messages):
-        from tiledelta.publish.arcgis.publish import publish
-
         project = _run(api.load_project, parameters[0].valueAsText)
-        _run(publish, project, say=arcpy.AddMessage)
+        _run(api.publish_service, project, say=arcpy.AddMessage)

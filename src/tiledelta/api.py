@@ -19,9 +19,12 @@ from tiledelta.build.context import Progress
 from tiledelta.change import detect_changes, measured_speed, write_aoi
 from tiledelta.config import LayerConfig, parse_config
 from tiledelta.errors import ConfigError
+from tiledelta.grid import select_levels
 from tiledelta.plan import full_plan, update_plan
 from tiledelta.project import PROJECT_FILE, Project
 from tiledelta.publish.arcgis.cache import update_server
+from tiledelta.publish.arcgis.publish import publish, upload_package
+from tiledelta.publish.package import write_tpkx
 from tiledelta.render import mapnik_installed
 from tiledelta.runs import run
 from tiledelta.sources import describe, display_path, list_layers, read_layers
@@ -324,12 +327,37 @@ def run_update(
     *,
     target: str = "local",
     say: Callable[[str], None] = print,
-    progress=None,
+    progress: Progress | None = None,
+    mark_current: bool = False,
 ) -> dict:
     """``tiledelta update``: the local cache, or the ArcGIS Server cache."""
     if target == "arcgis":
-        return update_server(project, say=say)
+        return update_server(project, say=say, mark_current=mark_current)
     result = update(project, progress=progress)
     for line in describe_changes(result["changes"]) if not result.get("rebuild") else []:
         say(line)
     return result
+
+
+def make_package(
+    project: Project,
+    out: Path,
+    *,
+    levels: str | None = None,
+    changed_only: bool = False,
+    upload: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``tiledelta package``: a .tpkx from the local cache, optionally uploaded to the item."""
+    chosen = select_levels(project.scheme, levels) if levels else None
+    result = write_tpkx(project, out, levels=chosen, changed_only=changed_only)
+    if upload:
+        result["upload"] = upload_package(project, out, say=say)
+    return result
+
+
+def publish_service(
+    project: Project, *, say: Callable[[str], None] = print, update_cache: bool = True
+) -> dict[str, Any]:
+    """``tiledelta publish``: overwrite the service keeping its cache, then update the cache."""
+    return publish(project, say=say, update_cache=update_cache)

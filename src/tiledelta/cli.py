@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import webbrowser
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from tiledelta import api
 from tiledelta.api import (
@@ -22,14 +31,10 @@ from tiledelta.api import (
 )
 from tiledelta.change import detect_changes
 from tiledelta.errors import ConfigError, TileDeltaError
-from tiledelta.grid import select_levels
 from tiledelta.ops import watch as watching
 from tiledelta.ops.doctor import exit_code, run_checks
 from tiledelta.ops.doctor import report as doctor_report
 from tiledelta.project import Project
-from tiledelta.publish.arcgis import publish as publishing
-from tiledelta.publish.arcgis.cache import update_server
-from tiledelta.publish.package import write_tpkx
 from tiledelta.publish.thumbnail import parse_size, write_thumbnail
 from tiledelta.runs.report import CHANGEMAP_FILE, REPORT_FILE, find_run, report_text, write_report
 from tiledelta.serve.app import run as serve_project
@@ -64,14 +69,6 @@ def progress_bar(label: str, enabled: bool):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     class Rate(TextColumn):
         def render(self, task):  # tiles per second
@@ -158,7 +155,6 @@ def init(
     force: bool,
 ) -> None:
     """Create a project: DIRECTORY/tiledelta.toml."""
-
     path = init_project(
         directory,
         style=style,
@@ -177,7 +173,6 @@ def init(
 @json_option
 def seed(project_dir: Path, as_json: bool) -> None:
     """Build every tile of the configured levels."""
-
     project = load_project(project_dir)
     with progress_bar("seeding", not as_json) as cb:
         result = api.seed(project, progress=cb)
@@ -200,7 +195,6 @@ def _print_run(result: dict, verb: str) -> None:
 @json_option
 def info(project_dir: Path, as_json: bool) -> None:
     """Show the project: scheme, levels, layers, cache and tiles per level."""
-
     result = project_info(load_project(project_dir))
     if as_json:
         _echo_json(result)
@@ -225,7 +219,6 @@ def info(project_dir: Path, as_json: bool) -> None:
 @json_option
 def status(project_dir: Path, as_json: bool) -> None:
     """What changed since the last build, per layer."""
-
     changes = detect_changes(load_project(project_dir)).as_dict()
     if as_json:
         _echo_json(changes)
@@ -250,7 +243,6 @@ def _print_changes(changes: dict) -> None:
 )
 def plan(project_dir: Path, as_json: bool, aoi: Path | None) -> None:
     """Per level, the tiles an update would re-render (writes nothing to the cache)."""
-
     result = plan_summary(load_project(project_dir), aoi=aoi)
     if as_json:
         _echo_json(result)
@@ -287,11 +279,10 @@ def plan(project_dir: Path, as_json: bool, aoi: Path | None) -> None:
 )
 def update(project_dir: Path, as_json: bool, target: str, mark_current: bool) -> None:
     """Re-render the tiles that changed data touches, then advance the snapshot."""
-
     project = load_project(project_dir)
     if target == "arcgis":
         say = (lambda _m: None) if as_json else click.echo
-        result = update_server(project, say=say, mark_current=mark_current)
+        result = api.run_update(project, target="arcgis", say=say, mark_current=mark_current)
         if as_json:
             _echo_json(result)
         else:
@@ -340,13 +331,15 @@ def package(
     upload: bool,
 ) -> None:
     """Write a Compact Tile Package (.tpkx) from the local cache."""
-
-    project = load_project(project_dir)
-    lv = select_levels(project.scheme, levels) if levels else None
-    result = write_tpkx(project, out, levels=lv, changed_only=changed_only)
-    if upload:
-        say = (lambda _m: None) if as_json else click.echo
-        result["upload"] = publishing.upload_package(project, out, say=say)
+    say = (lambda _m: None) if as_json else click.echo
+    result = api.make_package(
+        load_project(project_dir),
+        out,
+        levels=levels,
+        changed_only=changed_only,
+        upload=upload,
+        say=say,
+    )
     if as_json:
         _echo_json(result)
     else:
@@ -367,7 +360,6 @@ def package(
 )
 def thumbnail(project_dir: Path, size: str, out: Path) -> None:
     """Render an item thumbnail of the map's full extent (PNG)."""
-
     path = write_thumbnail(load_project(project_dir), out, parse_size(size))
     click.echo(f"wrote {path}")
 
@@ -378,9 +370,8 @@ def thumbnail(project_dir: Path, size: str, out: Path) -> None:
 @click.option("--no-cache-update", is_flag=True, help="Publish only; leave the cache alone.")
 def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
     """Overwrite the ArcGIS service definition, then rebuild the changed part of its cache."""
-
     say = (lambda _m: None) if as_json else click.echo
-    result = publishing.publish(
+    result = api.publish_service(
         load_project(project_dir), say=say, update_cache=not no_cache_update
     )
     if as_json:
@@ -405,7 +396,6 @@ def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
 )
 def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
     """Serve the cache read-only: XYZ tiles, an ArcGIS REST MapServer and WMTS."""
-
     serve_project(Project.load(project_dir), host=host, port=port, max_age=max_age, say=click.echo)
 
 
@@ -416,7 +406,6 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
 @click.option("--open", "open_browser", is_flag=True, help="Open report.html in a web browser.")
 def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool) -> None:
     """Show the report of the latest run, or of run RUN (its id, e.g. 3)."""
-
     project = Project.load(project_dir)
     folder = find_run(project, run)
     if folder is None:
@@ -440,8 +429,6 @@ def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool
     else:
         click.echo(report_text(folder))
     if open_browser:
-        import webbrowser
-
         webbrowser.open(page.resolve().as_uri())
 
 
@@ -486,7 +473,6 @@ def watch(
     max_tiles_per_second: float | None,
 ) -> None:
     """Poll the sources; update the cache whenever the data changed (Ctrl-C stops)."""
-
     watching.watch(
         project_dir,
         every=watching.parse_every(every),
@@ -504,7 +490,6 @@ def watch(
 @json_option
 def doctor(project_dir: Path, as_json: bool) -> None:
     """Check Mapnik, fonts, datasources, style, scheme, cache and ArcGIS settings."""
-
     checks = run_checks(project_dir)
     if as_json:
         _echo_json(doctor_report(checks))
@@ -529,7 +514,6 @@ def doctor(project_dir: Path, as_json: bool) -> None:
 @json_option
 def demo(directory: Path, levels: str, verify: bool, cache_kind: str, as_json: bool) -> None:
     """The main job on sample data: make a sample county, build its cache, edit, update."""
-
     say: Callable[[str], None] = (lambda _m: None) if as_json else click.echo
     with progress_bar("working", not as_json) as cb:
         result = run_demo(

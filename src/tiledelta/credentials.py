@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 
 class Secret:
     """A string that prints as ``***``."""
@@ -31,7 +33,5 @@ def env_value(project_root: Path, name: str) -> str | None:
         return value
     env_file = Path(project_root) / ".env"
     if env_file.is_file():
-        from dotenv import dotenv_values
-
         return dotenv_values(env_file).get(name) or None
     return None

@@ -59,6 +59,7 @@ def _reason(exc: Exception, src: LayerSource) -> str:
 
 
 def _psycopg(src: LayerSource):
+    # Imported on first use: only PostGIS layers need it, and it names the fix if absent.
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - a declared dependency
