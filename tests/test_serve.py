@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,9 +23,11 @@ import numpy as np
 import pytest
 from conftest import LiveServer as ServerThread
 from conftest import set_processes
+from owslib.wmts import WebMapTileService
 from PIL import Image
 
 from tiledelta.api import init_project, load_project, seed
+from tiledelta.errors import CacheError
 from tiledelta.project import Project
 from tiledelta.serve.app import create_app
 from tiledelta.stores import open_project_store
@@ -214,8 +217,6 @@ def test_state_plane_mapserver(projects) -> None:
         assert r.status_code == 404
         assert "Web Mercator" in r.json()["error"]["message"]
         # WMTS for the State Plane grid: feet, east/north axis order, scale from 0.28 mm.
-        from owslib.wmts import WebMapTileService
-
         wmts = WebMapTileService(f"{srv.base}/wmts")
         tms = wmts.tilematrixsets["default028mm"]
         assert tms.crs == "urn:ogc:def:crs:EPSG::2913"
@@ -235,8 +236,6 @@ def test_state_plane_mapserver(projects) -> None:
 
 
 def test_wmts_capabilities_and_gettile_with_owslib(compact: LiveServer) -> None:
-    from owslib.wmts import WebMapTileService
-
     tiles = stored_tiles(compact.project)
     for url in (f"{compact.base}/wmts", f"{compact.base}/wmts/1.0.0/WMTSCapabilities.xml"):
         wmts = WebMapTileService(url)
@@ -508,8 +507,6 @@ def test_2000_requests_from_20_clients(compact: LiveServer) -> None:
 
 
 def test_missing_cache_is_a_clear_error(sample_template: Path, tmp_path) -> None:
-    from tiledelta.errors import CacheError
-
     root = tmp_path / "empty"
     shutil.copytree(sample_template, root)
     init_project(root, style=root / "style.xml", levels="13-14", force=True)
@@ -518,8 +515,6 @@ def test_missing_cache_is_a_clear_error(sample_template: Path, tmp_path) -> None
 
 
 def test_mbtiles_file_swapped_in_by_a_new_build_is_picked_up(projects, tmp_path) -> None:
-    import sqlite3
-
     root = tmp_path / "county_mb"
     shutil.copytree(projects["mbtiles"].root, root)
     project = Project.load(root)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import xml.etree.ElementTree as ET
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -222,8 +223,6 @@ def test_deleting_every_tile_removes_the_bundle(tmp_path: Path) -> None:
 
 
 def test_concurrent_writers_to_one_bundle_lose_nothing(tmp_path: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     tile = make_png(7, 0, 0)
     with open_store("compact", tmp_path / "c", web_mercator()) as store:
 

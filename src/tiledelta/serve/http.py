@@ -8,26 +8,17 @@ import email.utils
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC
+from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC, TileHit
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 INT = re.compile(r"[0-9]{1,10}", re.ASCII)
 TILE_NAME = re.compile(r"([0-9]{1,10})\.(png|jpg|jpeg)", re.ASCII)
-
-
-@dataclass(frozen=True)
-class TileHit:
-    """A stored tile: its bytes and the modification time of the file holding it."""
-
-    data: bytes
-    mtime: float
 
 
 def json_response(obj: Any, status: int = 200, pretty: bool = False) -> Response:
@@ -36,7 +27,7 @@ def json_response(obj: Any, status: int = 200, pretty: bool = False) -> Response
         text,
         status_code=status,
         media_type="application/json",
-        headers={"Cache-Control": "no-cache"},
+        headers=NO_CACHE,
     )
 
 

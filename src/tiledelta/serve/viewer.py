@@ -1,7 +1,7 @@
 """Endpoints behind the viewer page of ``tiledelta serve`` (``static/index.html``).
 
 - ``/runs/latest/summary.json``, ``/runs/latest/changes.geojson`` and
-  ``/runs/latest/tiles.json``: the newest run's files (see :mod:`tiledelta.runlog`), read
+  ``/runs/latest/tiles.json``: the newest run's files (see :mod:`tiledelta.runs.folder`), read
   from ``<project>/.tiledelta/runs`` only; a 404 JSON error when there is no run or the
   newest run did not record that file (a seed records no changes).
 - ``/runs/latest/before/{z}/{x}/{y}.png`` (Web Mercator caches): a tile as it was before
@@ -37,10 +37,12 @@ from tiledelta.runs.folder import BEFORE_FILE, before_tile, latest_run
 from tiledelta.serve.http import (
     NO_CACHE,
     TILE_NAME,
-    TileHit,
+    error_response,
+    json_response,
     parse_int,
     tile_response,
 )
+from tiledelta.stores import TileHit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Where Leaflet's ``dist`` folder is looked for, first match wins.
@@ -86,17 +88,17 @@ def leaflet_dir() -> Path | None:
     return None
 
 
-def page(index_html: Path, urls: dict[str, str]) -> str:
-    """``index_html`` with the service URLs listed in place of :data:`URLS_MARK`."""
+def url_list(urls: dict[str, str]) -> str:
+    """The service URLs as an HTML list (``<ul>``)."""
     items = "".join(
         f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in urls.items()
     )
-    return index_html.read_text(encoding="utf-8").replace(URLS_MARK, f"<ul>{items}</ul>", 1)
+    return f"<ul>{items}</ul>"
 
 
-def _error(status: int, message: str) -> Response:
-    body = json.dumps({"error": {"code": status, "message": message, "details": []}})
-    return Response(body, status_code=status, media_type="application/json", headers=NO_CACHE)
+def page(index_html: Path, urls: dict[str, str]) -> str:
+    """``index_html`` with the service URLs listed in place of :data:`URLS_MARK`."""
+    return index_html.read_text(encoding="utf-8").replace(URLS_MARK, url_list(urls), 1)
 
 
 def _changed_tiles(folder: Path) -> set[tuple[int, int, int]] | None:
@@ -137,78 +139,78 @@ def _before_info(folder: Path) -> tuple[int, frozenset] | None:
 
 
 def routes(project: Project) -> list[Route]:
-    """The viewer's routes for ``project`` (added to :func:`tiledelta.serve.create_app`)."""
+    """The viewer's routes for ``project`` (added to :func:`tiledelta.serve.app.create_app`)."""
 
     def run_file(request: Request) -> Response:
         entry = RUN_FILES.get(request.path_params["name"])
         if entry is None:
-            return _error(404, "no such run file")
+            return error_response(404, "no such run file")
         folder = latest_run(project)
         if folder is None:
-            return _error(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
+            return error_response(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
         path = folder / entry[0]
         if not path.is_file():
-            return _error(404, f"the last run ({folder.name}) recorded no {entry[0]}")
+            return error_response(404, f"the last run ({folder.name}) recorded no {entry[0]}")
         return FileResponse(path, media_type=entry[1], headers=NO_CACHE)
 
     def before_json(request: Request) -> Response:
         folder = latest_run(project)
         if folder is None:
-            return _error(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
+            return error_response(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
         info = _before_info(folder)
         if info is None:
-            return _error(404, f"the last run ({folder.name}) kept no tiles from before it")
+            return error_response(404, f"the last run ({folder.name}) kept no tiles from before it")
         body = {"run": folder.name, "tiles": info[0], "complete": not info[1]}
-        return Response(json.dumps(body), media_type="application/json", headers=NO_CACHE)
+        return json_response(body)
 
     def before(request: Request) -> Response:
-        # serve.py imports this module: its helpers are imported when first needed.
-
         p = request.path_params
         m = TILE_NAME.fullmatch(p["name"])
         z, x, y = parse_int(p["z"]), parse_int(p["x"]), int(m.group(1)) if m else None
         if z is None or x is None or y is None:
-            return _error(404, "tile address out of range")
+            return error_response(404, "tile address out of range")
         svc = getattr(request.app.state, "service", None)
         if svc is not None and not svc.web_mercator:
-            return _error(404, "before tiles need the Web Mercator scheme (as /tiles/ does)")
+            return error_response(
+                404, "before tiles need the Web Mercator scheme (as /tiles/ does)"
+            )
         if svc is not None and not svc.in_range(z, y, x):
-            return _error(404, "tile address out of range")
+            return error_response(404, "tile address out of range")
         folder = latest_run(project)
         if folder is None:
-            return _error(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
+            return error_response(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
         path = folder / BEFORE_FILE
         info = _before_info(folder)
         if info is None:
-            return _error(404, f"the last run ({folder.name}) kept no tiles from before it")
+            return error_response(404, f"the last run ({folder.name}) kept no tiles from before it")
         try:
             known, data = before_tile(folder, z, y, x)
         except sqlite3.DatabaseError as exc:
-            return _error(500, f"{BEFORE_FILE} of run {folder.name} is unreadable ({exc})")
+            return error_response(500, f"{BEFORE_FILE} of run {folder.name} is unreadable ({exc})")
         if not known and (z, y, x) in info[1]:
-            return _error(404, f"the last run changed this tile but {BEFORE_FILE} is full")
+            return error_response(404, f"the last run changed this tile but {BEFORE_FILE} is full")
         if known:
             if data is None:
-                return _error(404, "the tile did not exist before the last run")
+                return error_response(404, "the tile did not exist before the last run")
             # Revalidated every time (max-age=0): "latest" moves with the next run.
             return tile_response(request, TileHit(bytes(data), path.stat().st_mtime), 0)
         if svc is None:  # mounted without the tile service: let /tiles/ answer
             return RedirectResponse(f"/tiles/{z}/{x}/{p['name']}", status_code=307)
         hit = svc.tile(z, y, x)
         if hit is None:
-            return _error(404, "tile not found")
+            return error_response(404, "tile not found")
         return tile_response(request, hit, 0)
 
     def leaflet(request: Request) -> Response:
         entry = LEAFLET_FILES.get(request.path_params["name"])
         if entry is None:
-            return _error(404, "no such Leaflet file")
+            return error_response(404, "no such Leaflet file")
         folder = leaflet_dir()
         if folder is None:
-            return _error(404, LEAFLET_HINT)
+            return error_response(404, LEAFLET_HINT)
         path = folder / entry[0]
         if not path.is_file():
-            return _error(404, f"{entry[0]} is missing from {folder}")
+            return error_response(404, f"{entry[0]} is missing from {folder}")
         return FileResponse(path, media_type=entry[1], headers={"Cache-Control": "max-age=3600"})
 
     return [

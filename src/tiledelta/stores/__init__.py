@@ -1,7 +1,7 @@
 """Tile caches behind one interface (:class:`TileStore`): Esri Compact Cache V2, MBTiles,
 XYZ folders, and a read-only .tpkx tile package."""
 
-from tiledelta.stores.base import TileData, TileStore
+from tiledelta.stores.base import TileData, TileHit, TileRange, TileStore
 from tiledelta.stores.compact import CompactCache
 from tiledelta.stores.mbtiles import MBTilesStore
 from tiledelta.stores.open import KINDS, open_project_store, open_store, read_compact_cache
@@ -13,6 +13,8 @@ __all__ = [
     "CompactCache",
     "MBTilesStore",
     "TileData",
+    "TileHit",
+    "TileRange",
     "TileStore",
     "TpkxReader",
     "XYZStore",

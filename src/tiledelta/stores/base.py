@@ -4,27 +4,51 @@ A store maps tile addresses ``(level, row, col)`` (rows from the top, as in
 ArcGIS) to encoded image bytes. Writes go through :meth:`TileStore.put_many`,
 which each implementation makes atomic per file: a crash leaves every bundle
 or tile file either entirely old or entirely new.
+
+A store opened read-only (``open_store(..., readonly=True)``) never writes, is safe
+from many threads, and refuses a tile file or bundle whose real path lies outside the
+cache folder (a symlink pointing elsewhere): ``tiledelta serve`` reads through it.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from tiledelta.errors import CacheError
-from tiledelta.grid import TilingScheme
+from tiledelta.grid import Bounds, TilingScheme
+
+log = logging.getLogger(__name__)
 
 TileData = bytes
 Addr = tuple[int, int, int]
+#: Inclusive (row0, row1, col0, col1) of a level's stored tiles.
+TileRange = tuple[int, int, int, int]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 TMP_SUFFIX = ".tmp"
+#: Largest tile a store holds or reads: a bundle index record has 3 bytes of size.
+MAX_TILE_BYTES = (1 << 24) - 1
+#: How many addresses :meth:`TileStore.stored_range` looks at, at most, by default.
+RANGE_SCAN_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class TileHit:
+    """A stored tile: its bytes and the modification time of the file holding it."""
+
+    data: bytes
+    mtime: float
 
 
 def sniff_extension(data: bytes) -> str:
@@ -81,6 +105,41 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         fsync_dir(path.parent)
 
 
+def confined(root: str, path: Path) -> str | None:
+    """``path`` resolved (symlinks followed) when it lies inside the folder ``root`` (itself
+    resolved), else None, with a warning."""
+    real = os.path.realpath(path)
+    try:
+        if os.path.commonpath([root, real]) == root:
+            return real
+    except ValueError:  # different drives
+        pass
+    log.warning("refused %s: it resolves to %s, outside the cache %s", path, real, root)
+    return None
+
+
+def read_regular_file(real: str) -> TileHit | None:
+    """A regular file's bytes and mtime, never following a symlink; None (never raising) when
+    absent, not a regular file, empty, over :data:`MAX_TILE_BYTES` or unreadable."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(real, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:  # ELOOP (a symlink swapped in), EACCES, ...
+        log.warning("cannot read tile %s: %s", real, exc.strerror)
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_TILE_BYTES:
+            return None
+        data = fh.read(MAX_TILE_BYTES + 1)
+    if not data or len(data) > MAX_TILE_BYTES:
+        return None
+    return TileHit(data, st.st_mtime)
+
+
 def mismatch_error(path: Path, what: str) -> CacheError:
     """The one-line error for a cache path that already holds something else."""
     return CacheError(f"{path} already holds {what}; choose another --cache path or delete it")
@@ -92,6 +151,8 @@ class TileStore(abc.ABC):
     kind: str
     path: Path
     scheme: TilingScheme
+    #: Opened read-only: never writes, safe from many threads, confined to its folder.
+    readonly: bool = False
 
     @abc.abstractmethod
     def put_many(self, tiles: Iterable[tuple[int, int, int, bytes | None]]) -> int:
@@ -124,6 +185,38 @@ class TileStore(abc.ABC):
         for level, _row, _col in self.iter_tiles():
             counts[level] = counts.get(level, 0) + 1
         return counts
+
+    def get_hit(self, level: int, row: int, col: int) -> TileHit | None:
+        """The stored tile with the modification time of the file holding it (what HTTP
+        validators need), or None when there is no such tile (or it is empty)."""
+        data = self.get(level, row, col)
+        if not data:
+            return None
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError as exc:
+            raise CacheError(f"cannot read {self.path}: {exc.strerror}") from exc
+        return TileHit(data, mtime)
+
+    def stored_range(self, level: int) -> TileRange | None:
+        """Inclusive (row0, row1, col0, col1) of the stored tiles of ``level``, or None when
+        it has none. By default from the first :data:`RANGE_SCAN_LIMIT` addresses listed."""
+        rows: list[int] = []
+        cols: list[int] = []
+        for _lv, row, col in itertools.islice(self.iter_tiles(level), RANGE_SCAN_LIMIT):
+            rows.append(row)
+            cols.append(col)
+        if not rows:
+            return None
+        return min(rows), max(rows), min(cols), max(cols)
+
+    def stored_extent(self) -> Bounds | None:
+        """The data extent the cache records (a compact cache's ``conf.cdi``), or None."""
+        return None
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise CacheError(f"{self.path} was opened read-only")
 
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release files and connections (the store is unusable afterwards)."""

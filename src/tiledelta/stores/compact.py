@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import struct
@@ -36,13 +37,18 @@ from tiledelta.grid import (
     tile_format,
 )
 from tiledelta.stores.base import (
+    MAX_TILE_BYTES,
     TMP_SUFFIX,
     Addr,
+    TileHit,
     TileStore,
     atomic_write,
+    confined,
     fsync_dir,
     mismatch_error,
 )
+
+log = logging.getLogger(__name__)
 
 PACKET = BUNDLE_PACKET
 RECORDS = PACKET * PACKET
@@ -50,7 +56,7 @@ HEADER = struct.Struct("<4I3Q6I")
 HEADER_SIZE = HEADER.size  # 64
 INDEX_SIZE = RECORDS * 8
 DATA_START = HEADER_SIZE + INDEX_SIZE
-MAX_TILE_SIZE = (1 << 24) - 1  # 3 bytes of size in an index record
+MAX_TILE_SIZE = MAX_TILE_BYTES  # 3 bytes of size in an index record
 OFFSET_MASK = (1 << 40) - 1
 _BUNDLE_RE = re.compile(r"^R([0-9a-fA-F]{4,})C([0-9a-fA-F]{4,})\.bundle$")
 _LEVEL_RE = re.compile(r"^L(\d{2,})$")
@@ -134,11 +140,12 @@ def read_bundle_tiles(fh: BinaryIO, source: str) -> dict[int, bytes]:
 
 
 class CompactCache(TileStore):
-    """An Esri Compact Cache V2 folder (read-write, or read-only via :func:`read_compact_cache`).
+    """An Esri Compact Cache V2 folder (read-write, or read-only via :meth:`open_existing`).
 
     Writers are serialised within the process by a lock; across processes the
     caller must hold the project lock (two writers of one bundle would lose tiles,
-    though neither could tear it).
+    though neither could tear it). Read-only, a bundle whose real path lies outside
+    the folder is treated as absent.
     """
 
     kind = "compact"
@@ -162,19 +169,23 @@ class CompactCache(TileStore):
         self._cache_lock = threading.Lock()
         # bundle path -> ((st_dev, st_ino, st_mtime_ns, st_size), index)
         self._index_cache: dict[Path, tuple[tuple[int, int, int, int], np.ndarray]] = {}
+        self._root = os.path.realpath(self.path)
         if not readonly:
             self._prepare(create)
 
     @classmethod
-    def open_existing(cls, path: Path) -> CompactCache:
-        """Open a compact cache read-only; its scheme and format come from conf.xml."""
+    def open_existing(cls, path: Path, scheme: TilingScheme | None = None) -> CompactCache:
+        """Open a compact cache read-only; its format comes from conf.xml, and so does its
+        scheme unless ``scheme`` is given (then conf.xml must describe the same grid)."""
         folder = path.parent if path.name.lower() == "conf.xml" else path
         conf = folder / "conf.xml"
         if not conf.is_file():
             raise CacheError(f"{folder} is not a compact cache (no conf.xml)")
-        scheme = scheme_from_conf_xml(conf, name=None)
+        stored = scheme_from_conf_xml(conf, name=None)
+        if scheme is not None and not stored.same_grid(scheme):
+            raise CacheError(f"{folder} holds a compact cache of another tiling scheme")
         fmt, quality = conf_tile_format(conf)
-        return cls(folder, scheme, fmt=fmt, quality=quality, create=False, readonly=True)
+        return cls(folder, scheme or stored, fmt=fmt, quality=quality, create=False, readonly=True)
 
     # -- layout
 
@@ -238,9 +249,13 @@ class CompactCache(TileStore):
         cdi = self.path / "conf.cdi"
         return read_conf_cdi(cdi) if cdi.is_file() else None
 
-    def _check_writable(self) -> None:
-        if self.readonly:
-            raise CacheError(f"{self.path} was opened read-only")
+    def stored_extent(self) -> Bounds | None:
+        """The extent in conf.cdi; None when there is none or it is unreadable (a warning)."""
+        try:
+            return self.read_extent()
+        except CacheError as exc:
+            log.warning("ignoring conf.cdi: %s", exc)
+            return None
 
     # -- reading
 
@@ -260,6 +275,9 @@ class CompactCache(TileStore):
         return index
 
     def _open_bundle(self, bundle: Path) -> BinaryIO | None:
+        """The bundle file opened for reading; None when absent (or, read-only, outside)."""
+        if self.readonly and confined(self._root, bundle) is None:
+            return None
         try:
             return open(bundle, "rb")  # noqa: SIM115 - returned to the caller
         except FileNotFoundError:
@@ -268,6 +286,10 @@ class CompactCache(TileStore):
             raise CacheError(f"cannot read bundle {bundle}: {exc.strerror}") from exc
 
     def get(self, level: int, row: int, col: int) -> bytes | None:
+        hit = self.get_hit(level, row, col)
+        return None if hit is None else hit.data
+
+    def get_hit(self, level: int, row: int, col: int) -> TileHit | None:
         if row < 0 or col < 0:
             return None
         bundle = self.bundle_path(level, row, col)
@@ -276,7 +298,8 @@ class CompactCache(TileStore):
             return None
         with fh:
             index = self._index(fh, bundle)
-            return read_record(fh, index, record_index(row, col), str(bundle))
+            data = read_record(fh, index, record_index(row, col), str(bundle))
+            return None if data is None else TileHit(data, os.fstat(fh.fileno()).st_mtime)
 
     def get_many(self, addrs: Iterable[Addr]) -> dict[Addr, bytes]:
         groups: dict[Path, list[Addr]] = {}

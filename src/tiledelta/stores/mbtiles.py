@@ -1,22 +1,27 @@
 """MBTiles 1.3 (SQLite) tile store, Web Mercator only.
 
-Rows are stored TMS-style (``tile_row = 2**z - 1 - row``). Each ``put_many``
-is one SQLite transaction in WAL mode, so it lands entirely or not at all.
+Rows are stored TMS-style (``tile_row = 2**z - 1 - row``, :func:`_flip`). Each
+``put_many`` is one SQLite transaction in WAL mode, so it lands entirely or not at all.
+Read-only, the file is read through ``mode=ro`` connections, one per thread, reopened
+when the file is replaced (``seed`` swaps in a new file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from tiledelta.errors import CacheError
 from tiledelta.grid import TilingScheme, tile_format
-from tiledelta.stores.base import Addr, TileStore, mismatch_error
+from tiledelta.stores.base import Addr, TileHit, TileRange, TileStore, mismatch_error
 
 WORLD_BOUNDS = "-180.0,-85.0511287798066,180.0,85.0511287798066"
 SCHEMA = """
@@ -30,26 +35,88 @@ CREATE UNIQUE INDEX IF NOT EXISTS tile_index ON tiles (zoom_level, tile_column, 
 
 
 def _flip(level: int, row: int) -> int:
+    """A row from the top to MBTiles' TMS row from the bottom, and back."""
     return (1 << level) - 1 - row
 
 
+class _ReadConnections:
+    """``mode=ro`` connections to one SQLite file, one per thread; a thread's connection is
+    reopened when the file at ``path`` is another file (another inode) than it opened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self._uri = self.path.as_uri() + "?mode=ro"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+
+    def get(self) -> sqlite3.Connection:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise CacheError(f"cannot read {self.path}: {exc.strerror}") from exc
+        key = (st.st_dev, st.st_ino)
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.key == key:
+            return db
+        if db is not None:
+            self._forget(db)
+        db = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        db.execute("PRAGMA query_only=1")
+        with self._lock:
+            self._conns.append(db)
+        self._local.db, self._local.key = db, key
+        return db
+
+    def _forget(self, db: sqlite3.Connection) -> None:
+        with self._lock:
+            if db in self._conns:
+                self._conns.remove(db)
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for db in conns:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+
+
 class MBTilesStore(TileStore):
-    """An MBTiles file. One connection, shared by threads under a lock."""
+    """An MBTiles file: one connection shared by threads under a lock, or, read-only
+    (``readonly``), one ``mode=ro`` connection per thread that never writes."""
 
     kind = "mbtiles"
 
     def __init__(
-        self, path: Path, scheme: TilingScheme, *, fmt: str = "png", create: bool = True
+        self,
+        path: Path,
+        scheme: TilingScheme,
+        *,
+        fmt: str = "png",
+        create: bool = True,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.scheme = scheme
         self.fmt = tile_format(fmt).name
+        self.readonly = readonly
         self._lock = threading.Lock()
+        self._readers: _ReadConnections | None = None
         if self.path.is_dir():
             raise mismatch_error(self.path, "a folder, not an MBTiles file")
         existed = self.path.exists()
-        if not existed and not create:
+        if not existed and (not create or readonly):
             raise CacheError(f"{self.path} does not exist (no MBTiles cache there)")
+        if readonly:
+            self._readers = _ReadConnections(self.path)
+            try:
+                self._check_scheme(self.metadata())
+            except CacheError:
+                self.close()
+                raise
+            return
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -60,18 +127,11 @@ class MBTilesStore(TileStore):
             what = f"something that is not an MBTiles file ({exc})"
             raise mismatch_error(self.path, what) from exc
         meta = self.metadata()
-        stored = meta.get("tiledelta_scheme")
-        if stored is not None:
-            try:
-                old = TilingScheme.model_validate_json(stored)
-            except ValidationError as exc:
-                self.close()
-                raise CacheError(f"{self.path}: unreadable tiledelta_scheme metadata") from exc
-            if not old.same_grid(scheme):
-                self.close()
-                raise mismatch_error(
-                    self.path, f"an MBTiles cache with a different tiling scheme ({old.name})"
-                )
+        try:
+            self._check_scheme(meta)
+        except CacheError:
+            self.close()
+            raise
         wanted = {
             "name": meta.get("name") or self.path.stem,
             "format": tile_format(self.fmt).mbtiles,
@@ -101,10 +161,34 @@ class MBTilesStore(TileStore):
                 raise
             db.execute("COMMIT")
 
+    def _check_scheme(self, meta: dict[str, str]) -> None:
+        """:class:`CacheError` when the file records another tiling scheme."""
+        stored = meta.get("tiledelta_scheme")
+        if stored is None:
+            return
+        try:
+            old = TilingScheme.model_validate_json(stored)
+        except ValidationError as exc:
+            raise CacheError(f"{self.path}: unreadable tiledelta_scheme metadata") from exc
+        if not old.same_grid(self.scheme):
+            what = f"an MBTiles cache with a different tiling scheme ({old.name})"
+            if self.readonly:
+                raise CacheError(f"{self.path} holds {what}")
+            raise mismatch_error(self.path, what)
+
+    def _rows(self, sql: str, args: tuple[int, ...] = ()) -> list[Any]:
+        """All rows of one query, through the connection this mode reads with."""
+        if self._readers is None:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        try:
+            return self._readers.get().execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"{self.path} is not a readable MBTiles file ({exc})") from exc
+
     def metadata(self) -> dict[str, str]:
         """The metadata table as a dict."""
-        with self._lock:
-            return dict(self._db.execute("SELECT name, value FROM metadata").fetchall())
+        return dict(self._rows("SELECT name, value FROM metadata"))
 
     @staticmethod
     def _update_zoom_range(db: sqlite3.Connection) -> None:
@@ -118,6 +202,7 @@ class MBTilesStore(TileStore):
         )
 
     def put_many(self, tiles: Iterable[tuple[int, int, int, bytes | None]]) -> int:
+        self._check_writable()
         puts: dict[Addr, bytes] = {}
         dels: set[Addr] = set()
         for level, row, col, data in tiles:
@@ -149,12 +234,22 @@ class MBTilesStore(TileStore):
         return len(puts) + deleted
 
     def get(self, level: int, row: int, col: int) -> bytes | None:
-        with self._lock:
-            hit = self._db.execute(
-                "SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? AND tile_row=?",
-                (level, col, _flip(level, row)),
-            ).fetchone()
-        return None if hit is None else bytes(hit[0])
+        hit = self._rows(
+            "SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? AND tile_row=?",
+            (level, col, _flip(level, row)),
+        )
+        return None if not hit or hit[0][0] is None else bytes(hit[0][0])
+
+    def get_hit(self, level: int, row: int, col: int) -> TileHit | None:
+        """The tile; its mtime is the file's or its WAL's, whichever changed last."""
+        data = self.get(level, row, col)
+        if not data:
+            return None
+        times = []
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):
+                times.append(os.stat(p).st_mtime)
+        return TileHit(data, max(times) if times else time.time())
 
     def iter_tiles(self, level: int | None = None) -> Iterator[Addr]:
         sql = "SELECT zoom_level, tile_column, tile_row FROM tiles"
@@ -162,19 +257,27 @@ class MBTilesStore(TileStore):
         if level is not None:
             sql += " WHERE zoom_level=?"
             args = (level,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY zoom_level, tile_row DESC, tile_column", args)
-            found = rows.fetchall()
+        found = self._rows(sql + " ORDER BY zoom_level, tile_row DESC, tile_column", args)
         for z, col, tms_row in found:
             yield z, _flip(z, tms_row), col
 
+    def stored_range(self, level: int) -> TileRange | None:
+        ((lo_r, hi_r, lo_c, hi_c),) = self._rows(
+            "SELECT MIN(tile_row), MAX(tile_row), MIN(tile_column), MAX(tile_column) "
+            "FROM tiles WHERE zoom_level=?",
+            (level,),
+        )
+        if lo_r is None:
+            return None
+        return _flip(level, hi_r), _flip(level, lo_r), lo_c, hi_c
+
     def count(self) -> dict[int, int]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT zoom_level, COUNT(*) FROM tiles GROUP BY zoom_level"
-            ).fetchall()
+        rows = self._rows("SELECT zoom_level, COUNT(*) FROM tiles GROUP BY zoom_level")
         return {int(z): int(n) for z, n in rows}
 
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.close()
+            return
         with self._lock, contextlib.suppress(sqlite3.ProgrammingError):
             self._db.close()

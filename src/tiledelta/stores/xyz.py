@@ -2,7 +2,8 @@
 
 ``x`` is the column and ``y`` the row from the top. Every tile file is written
 to a temp file and renamed into place; a ``tiledelta.json`` marker at the root
-records the scheme and format so a different scheme is refused later.
+records the scheme and format so a different scheme is refused later. Read-only, a tile
+file is read only when its real path lies inside the folder and it is a regular file.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from tiledelta.grid import TilingScheme, tile_format
 from tiledelta.stores.base import (
     TMP_SUFFIX,
     Addr,
+    TileHit,
     TileStore,
     atomic_write,
+    confined,
     fsync_dir,
     mismatch_error,
+    read_regular_file,
     sniff_extension,
 )
 
@@ -32,17 +36,25 @@ EXTENSIONS = (".png", ".jpg")
 
 
 class XYZStore(TileStore):
-    """A folder of ``z/x/y.ext`` tile files."""
+    """A folder of ``z/x/y.ext`` tile files. Read-only (``readonly``) the folder must hold a
+    marker, whose format is taken as is (the marker is never rewritten)."""
 
     kind = "xyz"
 
     def __init__(
-        self, path: Path, scheme: TilingScheme, *, fmt: str = "png", create: bool = True
+        self,
+        path: Path,
+        scheme: TilingScheme,
+        *,
+        fmt: str = "png",
+        create: bool = True,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.scheme = scheme
-        self.fmt = tile_format(fmt).name
-        self._ext = tile_format(fmt).ext
+        self.readonly = readonly
+        self._root = os.path.realpath(self.path)
+        self._set_format(fmt)
         marker = self.path / MARKER
         if self.path.exists() and not self.path.is_dir():
             raise mismatch_error(self.path, "a file, not an XYZ tile folder")
@@ -62,13 +74,19 @@ class XYZStore(TileStore):
                 raise mismatch_error(
                     self.path, f"an XYZ cache with a different tiling scheme ({old.name})"
                 )
-            if info.get("format") == self.fmt:
+            if readonly and info.get("format"):
+                self._set_format(info["format"])
+            if readonly or info.get("format") == self.fmt:
                 return
-        elif not create:
+        elif not create or readonly:
             raise CacheError(f"{self.path} is not a tiledelta XYZ cache (no {MARKER})")
         self.path.mkdir(parents=True, exist_ok=True)
         payload = {"kind": "xyz", "format": self.fmt, "scheme": scheme.model_dump(mode="json")}
         atomic_write(marker, json.dumps(payload, indent=2).encode())
+
+    def _set_format(self, fmt: str) -> None:
+        self.fmt = tile_format(fmt).name
+        self._ext = tile_format(fmt).ext
 
     def tile_path(self, level: int, row: int, col: int, ext: str = ".png") -> Path:
         """Path of a tile file (``ext`` .png or .jpg)."""
@@ -80,16 +98,24 @@ class XYZStore(TileStore):
         return [self.tile_path(level, row, col, e) for e in exts]
 
     def get(self, level: int, row: int, col: int) -> bytes | None:
+        hit = self.get_hit(level, row, col)
+        return None if hit is None else hit.data
+
+    def get_hit(self, level: int, row: int, col: int) -> TileHit | None:
         for p in self._candidates(level, row, col):
-            try:
-                return p.read_bytes()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise CacheError(f"cannot read tile {p}: {exc.strerror}") from exc
+            if self.readonly:
+                real = confined(self._root, p)
+                if real is None:
+                    return None
+                hit = read_regular_file(real)
+            else:
+                hit = _read_file(p)
+            if hit is not None:
+                return hit
         return None
 
     def put_many(self, tiles: Iterable[tuple[int, int, int, bytes | None]]) -> int:
+        self._check_writable()
         changed = 0
         dirs: set[Path] = set()
         todo: dict[Addr, bytes | None] = {}
@@ -138,6 +164,17 @@ class XYZStore(TileStore):
                             rows.add(int(stem))
                 for y in sorted(rows):
                     yield z, y, int(xdir.name)
+
+
+def _read_file(path: Path) -> TileHit | None:
+    """A tile file's bytes and mtime, None when absent; :class:`CacheError` when unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            return TileHit(fh.read(), os.fstat(fh.fileno()).st_mtime)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CacheError(f"cannot read tile {path}: {exc.strerror}") from exc
 
 
 def _numeric_children(folder: Path) -> list[Path]:
