@@ -16,6 +16,9 @@ from tiledelta.api import init_project, load_project
 from tiledelta.grid import tile_bounds
 from tiledelta.project import Project
 from tiledelta.runs.report import (
+    COLOR_NEW,
+    COLOR_OLD,
+    COLOR_TILE,
     changemap_frame,
     find_run,
     latest_report,
@@ -23,7 +26,6 @@ from tiledelta.runs.report import (
     report_text,
     write_report,
 )
-from tiledelta.runs.report.report import COLOR_NEW, COLOR_OLD, COLOR_TILE
 
 
 @pytest.fixture(scope="module")
@@ -264,12 +266,12 @@ def test_html_escapes_and_shows_errors():
 
 def test_report_without_a_map(runs, tmp_path, monkeypatch, caplog):
     """A run folder whose change map cannot be drawn still gets its report."""
-    import tiledelta.runs.report.report as report
+    import tiledelta.runs.report.write as write  # where write_report looks render_changemap up
 
     def broken(*_a, **_k):
         raise RuntimeError("no map today")
 
-    monkeypatch.setattr(report, "render_changemap", broken)
+    monkeypatch.setattr(write, "render_changemap", broken)
     project = load_project(runs["root"])
     folder = tmp_path / "run"
     out = write_report(project, folder, summary={"run": 7, "error": "boom"}, layers={})

@@ -120,9 +120,9 @@ def summarise(
 ) -> RunSummary:
     """The typed summary of a finished build."""
     st = outcome.stats
-    level_info = outcome.level_info or {
-        lv: {"tiles": st.levels.get(lv, 0)} for lv in outcome.levels
-    }
+    level_info = outcome.level_info
+    if level_info is None:
+        level_info = {lv: {"tiles": st.levels.get(lv, 0)} for lv in outcome.levels}
     local = ctx.target == "local"
     return RunSummary(
         kind=outcome.kind,

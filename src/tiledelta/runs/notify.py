@@ -38,6 +38,14 @@ from tiledelta.config import EmailConfig, NotifyConfig, WebhookConfig
 from tiledelta.credentials import Secret, env_value
 from tiledelta.project import Project
 from tiledelta.runs.report import CHANGEMAP_FILE, read_json, render_html, run_kind, summary_text
+from tiledelta.runs.report.facts import (
+    SERVER_KINDS,
+    changed_anything,
+    count_label,
+    outcome,
+    parse_summary,
+    tile_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +107,8 @@ def wanted(cfg: NotifyConfig, summary: dict, ok: bool) -> bool:
     if cfg.on == "success" and not ok:
         return False
     if ok and cfg.skip_unchanged:
-        touched = sum(int(summary.get(k) or 0) for k in ("tiles_written", "tiles_removed"))
-        if touched == 0 and not summary.get("rebuild"):
+        s = parse_summary(summary)
+        if s is None or not changed_anything(s):
             return False
     return True
 
@@ -110,12 +118,8 @@ def _title(project: Project, summary: dict, ok: bool) -> str:
     name = project.root.name
     if not ok:
         return f"{name}: {kind} failed"
-    written = int(summary.get("tiles_written") or 0)
-    removed = int(summary.get("tiles_removed") or 0)
-    text = f"{name}: {kind} finished, {written:,} tiles written"
-    if removed:
-        text += f", {removed:,} removed"
-    return text
+    s = parse_summary(summary)
+    return f"{name}: {kind} finished" + (f", {outcome(s)}" if s is not None else "")
 
 
 def _body(summary: dict, folder: Path | None) -> str:
@@ -145,8 +149,8 @@ def build_email(
         project_name=project.root.name,
     )
     msg.add_alternative(page, subtype="html")
-    if png:
-        html_part = msg.get_payload()[1]
+    html_part = msg.get_body(("html",))
+    if png and html_part is not None:
         html_part.add_related(
             png, "image", "png", cid=cid, filename=CHANGEMAP_FILE, disposition="inline"
         )
@@ -202,11 +206,10 @@ def webhook_payload(
     body = _body(summary, folder)
     if kind == "slack":
         return {"text": f"{'✅' if ok else '❌'} *{title}*\n```\n{body}\n```"}
-    facts = [
-        {"name": k.replace("_", " "), "value": f"{summary[k]:,}"}
-        for k in ("tiles_rendered", "tiles_written", "tiles_unchanged", "tiles_removed")
-        if isinstance(summary.get(k), int)
-    ]
+    s = parse_summary(summary)
+    facts = [{"name": count_label(w), "value": f"{n:,}"} for w, n in tile_counts(s)] if s else []
+    if s is not None and s.kind in SERVER_KINDS and s.jobs is not None:
+        facts.append({"name": "server jobs", "value": f"{len(s.jobs):,}"})
     card: dict = {
         "@type": "MessageCard",
         "@context": "https://schema.org/extensions",
@@ -231,9 +234,11 @@ def send_webhook(
         raise NotifyError(f"webhook has no url: set url or {WEBHOOK_URL_ENV}")
     shown = _redact_url(url)
     payload = webhook_payload(cfg.kind, project, summary, ok=ok, folder=folder)
-    verify = cfg.verify
-    if isinstance(verify, str):
-        verify = ssl.create_default_context(cafile=str(project.resolve(verify)))
+    verify: bool | ssl.SSLContext = (
+        ssl.create_default_context(cafile=str(project.resolve(cfg.verify)))
+        if isinstance(cfg.verify, str)
+        else cfg.verify
+    )
     try:
         r = httpx.post(url, json=payload, timeout=cfg.timeout, verify=verify)
         if r.status_code >= 400:

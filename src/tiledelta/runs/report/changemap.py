@@ -112,8 +112,6 @@ def _render_base(project, layers, frame: Bounds, res: float, size) -> bytes:
     return r.render_bounds(frame, res).to_string("png32")
 
 
-
-
 def _dashed(draw, pts: list[tuple[float, float]], fill, width: int, dash=7.0, gap=5.0) -> None:
     """A dashed polyline; the pattern runs on across vertices."""
     on, left = True, dash
@@ -199,8 +197,6 @@ def _legend(draw, size, entries: list[tuple[str, tuple, str]], note: str | None)
             draw.line([(xa, cy), (xb, cy)], fill=color, width=3)
         draw.text((xb + pad, y + 1), label, fill=COLOR_TEXT, font=font)
         y += row
-
-
 
 
 def _note(summary: dict) -> str:
@@ -295,4 +291,3 @@ def changemap_frame(path: Path) -> dict | None:
     with Image.open(path) as im:
         text = im.info.get("tiledelta-frame")
     return json.loads(text) if text else None
-

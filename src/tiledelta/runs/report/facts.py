@@ -60,7 +60,7 @@ def parse_summary(summary: Mapping[str, Any]) -> RunSummary | None:
         try:
             return RunSummary.model_validate(fields)
         except ValidationError as exc:
-            bad = {e["loc"][0] for e in exc.errors() if e["loc"]} & (fields.keys() - {"kind"})
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & (fields.keys() - {"kind"})
             if not bad:
                 return None
             for key in bad:
@@ -83,6 +83,11 @@ def tile_counts(s: RunSummary) -> list[tuple[str, int]]:
     return out
 
 
+def count_label(word: str) -> str:
+    """A count's label on its own ("tiles written"), for tables and cards."""
+    return word if word == BLANK_FILLED else f"tiles {word}"
+
+
 def level_words(kind: str) -> str:
     """What a local run's per-level numbers count."""
     return "planned tiles" if kind == "update" else "stored tiles"
@@ -99,6 +104,26 @@ def server_jobs(s: RunSummary) -> str:
 def jobs_per_level(s: RunSummary) -> dict[str, dict[str, Any]]:
     """A server run's jobs by level (as text)."""
     return {str(j["level"]): j for j in s.jobs or [] if j.get("level") is not None}
+
+
+def server_levels(s: RunSummary) -> list[tuple[str, str, str]]:
+    """A server run's ``(level, scale, job)`` per level, in words ("1:4,514", "j1 (done)");
+    none for a baseline (it sends nothing)."""
+    if s.kind == "arcgis-baseline":
+        return []
+    jobs = jobs_per_level(s)
+    out = []
+    for lv in level_order(set(s.levels) | set(jobs)):
+        info, job = s.levels.get(lv), jobs.get(lv)
+        scale = (job or {}).get("scale") or (info.scale if info is not None else None)
+        if job is not None:
+            what = f"{job.get('job', '?')} ({job.get('status', 'sent')})"
+        elif info is not None and info.submitted:
+            what = "submitted"
+        else:
+            what = "none (nothing changed there)"
+        out.append((lv, f"1:{scale:,.0f}" if scale else "", what))
+    return out
 
 
 def outcome(s: RunSummary) -> str:

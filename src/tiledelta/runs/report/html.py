@@ -7,13 +7,13 @@ from html import escape
 from tiledelta.runs.report.facts import (
     CHANGED_WORDS,
     SERVER_KINDS,
-    jobs_per_level,
+    count_label,
     level_order,
     level_words,
     parse_summary,
     rebuild_reason,
     run_kind,
-    server_jobs,
+    server_levels,
     tile_counts,
 )
 from tiledelta.runs.report.find import CHANGEMAP_FILE, tiles_per_level
@@ -107,11 +107,12 @@ def render_html(
 def _overview(s: RunSummary) -> list[str]:
     rows: list[tuple[str, object]] = [("cache", s.cache), ("cache kind", s.cache_kind)]
     if s.kind in SERVER_KINDS:
-        rows += [("target", s.target), ("server jobs", server_jobs(s))]
+        rows.append(("target", s.target if "target" in s.model_fields_set else None))
+        rows.append(("server jobs", len(s.jobs) if s.jobs is not None else None))
     counts = tile_counts(s)
-    if counts:
+    if counts and "metatiles_rendered" in s.model_fields_set:
         rows.append(("meta-tiles rendered", s.metatiles_rendered))
-        rows += [(f"tiles {word}" if word in _TILE_WORDS else word, n) for word, n in counts]
+    rows += [(count_label(word), n) for word, n in counts]
     rows = [(k, v) for k, v in rows if v is not None]
     if not rows:
         return []
@@ -121,9 +122,6 @@ def _overview(s: RunSummary) -> list[str]:
         out.append(f"<tr><th>{_e(k)}</th><td{cls}>{_n(v)}</td></tr>")
     out.append("</table>")
     return out
-
-
-_TILE_WORDS = ("rendered", "written", "unchanged", "blank", "removed")
 
 
 def _changes(s: RunSummary, *, finished: bool) -> list[str]:
@@ -188,26 +186,17 @@ def _tile_levels(s: RunSummary, tiles: dict[str, list]) -> list[str]:
 
 def _server_levels(s: RunSummary) -> list[str]:
     """Per level: the scale and the server job sent for it (if any)."""
-    jobs = jobs_per_level(s)
-    if not s.levels and not jobs:
+    rows = server_levels(s)
+    if not rows:
         return []
     out = [
         "<h2>Server jobs per level</h2><table><tr><th>level</th>"
         '<th class="n">scale</th><th>server job</th></tr>'
     ]
-    for lv in level_order(set(s.levels) | set(jobs)):
-        info = s.levels.get(lv)
-        job = jobs.get(lv)
-        scale = (job or {}).get("scale") or (info.scale if info is not None else None)
-        if job is not None:
-            what = f"{job.get('job', '?')} ({job.get('status', 'sent')})"
-        elif info is not None and info.submitted:
-            what = "submitted"
-        else:
-            what = "none: nothing changed there"
+    for lv, scale, job in rows:
         out.append(
             f'<tr data-level="{_e(lv)}"><td>{_e(lv)}</td>'
-            f'<td class="n">{_e(f"1:{scale:,.0f}") if scale else ""}</td><td>{_e(what)}</td></tr>'
+            f'<td class="n">{_e(scale)}</td><td>{_e(job)}</td></tr>'
         )
     out.append("</table>")
     return out
@@ -218,8 +207,7 @@ def _stages(s: RunSummary) -> list[str]:
         return []
     top = max((float(v) for v in s.stages.values()), default=0.0) or 1.0
     out = [
-        '<h2>Time per stage</h2><table><tr><th>stage</th><th class="n">seconds</th>'
-        "<th></th></tr>"
+        '<h2>Time per stage</h2><table><tr><th>stage</th><th class="n">seconds</th><th></th></tr>'
     ]
     for name, secs in s.stages.items():
         width = max(1, round(200 * float(secs) / top))
