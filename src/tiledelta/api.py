@@ -273,7 +273,7 @@ def plan_summary(project: Project, aoi: Path | None = None) -> dict:
     if changes.rebuild:
         plan = full_plan(project, layers, project.levels)
     else:
-        plan = update_plan(project, changes.boxes(), layers, changes.new_levels)
+        plan = update_plan(project, changes, layers)
     counts = plan.tile_count(project.scheme)
     stored: dict[int, int] = {}
     if project.cache_path.exists():

@@ -41,7 +41,7 @@ def build_update(ctx: RunContext) -> BuildOutcome:
 
     with ctx.stage("plan"):
         boxes = changes.boxes()
-        plan = update_plan(project, boxes, layers, changes.new_levels)
+        plan = update_plan(project, changes, layers)
     for name, c in changes.layers.items():
         log.info("%s: %s", name, c.as_dict())
     log.info(

@@ -13,7 +13,8 @@ import numpy as np
 
 from tiledelta.change.diff import LayerChange, diff_layer
 from tiledelta.change.journal import read_journal
-from tiledelta.change.snapshot import build_signature, load_snapshot
+from tiledelta.change.order import moved, unchanged_pairs
+from tiledelta.change.snapshot import LayerSnapshot, build_signature, load_snapshot
 from tiledelta.project import Project
 from tiledelta.sources import LayerData, read_layers
 
@@ -27,6 +28,8 @@ class Changes:
     new_levels: list[int] = field(default_factory=list)
     dropped_levels: list[int] = field(default_factory=list)
     journal: dict[str, np.ndarray] = field(default_factory=dict)  # boxes of an unfinished run
+    #: the last build's per-layer snapshot (boxes and fingerprints in draw order)
+    snapshot: dict[str, LayerSnapshot] = field(default_factory=dict, repr=False)
 
     @property
     def any(self) -> bool:
@@ -46,6 +49,10 @@ class Changes:
             "dropped_levels": self.dropped_levels,
             "unfinished_run": bool(self.journal),
         }
+
+    def change_boxes(self) -> dict[str, np.ndarray]:
+        """Per layer, where changed or reordered features were and are (without the journal)."""
+        return {name: c.boxes for name, c in self.layers.items() if len(c.boxes)}
 
     def boxes(self) -> dict[str, np.ndarray]:
         """Dirty boxes per layer (old and new places, plus an unfinished run's)."""
@@ -94,5 +101,16 @@ def detect_changes(
             and old.get("keyed", {}).get(name, False)
             and old.get("keys", {}).get(name) == sig["keys"][name]
         )
-        ch.layers[name] = diff_layer(snap.layers.get(name), data, keyed)
+        before = snap.layers.get(name)
+        change = diff_layer(before, data, keyed)
+        if before is not None:
+            oi, ni = unchanged_pairs(before, data, keyed)
+            gone = moved(oi, ni)
+            if gone.any():
+                change.reordered = int(gone.sum())
+                change.moved_boxes = np.concatenate(
+                    [before.bounds[oi[gone]].reshape(-1, 4), data.bounds[ni[gone]].reshape(-1, 4)]
+                )
+        ch.layers[name] = change
+    ch.snapshot = snap.layers
     return ch

@@ -3,12 +3,15 @@ and the old and new boxes whose tiles those changes dirty."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tiledelta.change.snapshot import LayerSnapshot
 from tiledelta.sources import LayerData
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,18 +25,30 @@ class LayerChange:
     new_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     #: indices, in the current layer data, of the added and modified features
     new_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: unchanged features that changed their place in the draw order, and where they are
+    reordered: int = 0
+    moved_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
     @property
     def boxes(self) -> np.ndarray:
-        """Where the changes were and are: the boxes whose tiles they dirty."""
-        return np.concatenate([self.old_boxes.reshape(-1, 4), self.new_boxes.reshape(-1, 4)])
+        """Where the changes were and are: the boxes whose tiles they may dirty."""
+        return np.concatenate(
+            [
+                self.old_boxes.reshape(-1, 4),
+                self.new_boxes.reshape(-1, 4),
+                self.moved_boxes.reshape(-1, 4),
+            ]
+        )
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.modified or self.deleted)
+        return bool(self.added or self.modified or self.deleted or self.reordered)
 
     def as_dict(self) -> dict:
-        return {"added": self.added, "modified": self.modified, "deleted": self.deleted}
+        out = {"added": self.added, "modified": self.modified, "deleted": self.deleted}
+        if self.reordered:
+            out["reordered"] = self.reordered
+        return out
 
 
 def diff_layer(old: LayerSnapshot | None, new: LayerData, keyed: bool) -> LayerChange:
@@ -54,11 +69,21 @@ def diff_layer(old: LayerSnapshot | None, new: LayerData, keyed: bool) -> LayerC
 def _diff_keyed(old: LayerSnapshot, new: LayerData) -> LayerChange:
     okeys = np.asarray(old.keys)
     nkeys = np.asarray(new.keys)
-    if okeys.dtype.kind != nkeys.dtype.kind or nkeys.dtype == object:
+    if okeys.dtype.kind != nkeys.dtype.kind or object in (nkeys.dtype, okeys.dtype):
         okeys, nkeys = okeys.astype(str), nkeys.astype(str)
-    if len(np.unique(nkeys)) != len(nkeys):
-        # Duplicate keys cannot be matched one to one: fall back to fingerprints.
-        return _diff_multiset(old, new)
+    for side, keys in (("the data", nkeys), ("the last build", okeys)):
+        dup = _a_duplicate(keys)
+        if dup is not None:
+            # Keys that repeat cannot match features one to one: compare by fingerprint.
+            log.warning(
+                "layer %r: key values repeat in %s (e.g. %r appears more than once); "
+                "matching its features by content instead; make [layers.%s] key unique",
+                new.name,
+                side,
+                dup,
+                new.name,
+            )
+            return _diff_multiset(old, new)
     common, oi, ni = np.intersect1d(okeys, nkeys, assume_unique=True, return_indices=True)
     mod = old.fingerprints[oi] != new.fingerprints[ni]
     del_mask = np.ones(len(okeys), bool)
@@ -98,3 +123,15 @@ def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
         new_boxes=new_boxes,
         new_idx=np.flatnonzero(came).astype(np.int64),
     )
+
+
+def _a_duplicate(keys: np.ndarray) -> object | None:
+    """One key value that appears more than once, or None."""
+    if len(keys) < 2:
+        return None
+    s = np.sort(keys, kind="stable")
+    rep = np.flatnonzero(s[1:] == s[:-1])
+    if not len(rep):
+        return None
+    value = s[rep[0]]
+    return value.item() if isinstance(value, np.generic) else value

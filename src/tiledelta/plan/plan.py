@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tiledelta.change import Changes, LayerSnapshot
 from tiledelta.grid import (
     Bounds,
     TilingScheme,
@@ -21,6 +22,7 @@ from tiledelta.grid import (
     metatiles_for_boxes,
     query_pad,
 )
+from tiledelta.plan.exact import OrderedBoxes, same_pictures
 from tiledelta.project import Project
 from tiledelta.sources import LayerData
 from tiledelta.style import Style
@@ -105,22 +107,71 @@ def full_plan(project: Project, layers: dict[str, LayerData], levels: list[int])
 
 def update_plan(
     project: Project,
-    boxes: dict[str, np.ndarray],
+    changes: Changes,
     layers: dict[str, LayerData],
-    new_levels: list[int],
 ) -> TilePlan:
-    """Meta-tiles to re-render: dirty ``boxes`` on existing levels, everything on new levels."""
+    """Meta-tiles to re-render after ``changes``: exactly those whose picture can differ.
+
+    Candidates are the meta-tiles that a changed or reordered feature's old or new box
+    reaches; of those, a meta-tile is kept only when, for some layer visible at its level,
+    the ordered fingerprints of the features it draws differ between the snapshot and the
+    data (:mod:`tiledelta.plan.exact`). An unfinished run's boxes (the journal) are
+    re-rendered unconditionally, and new levels fully.
+    """
     s = project.settings
-    old_levels = [lv for lv in project.levels if lv not in new_levels]
+    scheme, style = project.scheme, project.style
+    old_levels = [lv for lv in project.levels if lv not in changes.new_levels]
+    vis = visible_levels(style, scheme, old_levels)
     plan = plan_for_boxes(
-        project.scheme,
-        project.style,
-        boxes,
+        scheme,
+        style,
+        changes.change_boxes(),
         old_levels,
         s.metatile,
         s.buffer,
+        visibility=vis,
         extent=project.extent,
     )
-    if new_levels:
-        plan.levels.update(full_plan(project, layers, new_levels).levels)
+    ordered = {
+        name: (_ordered(changes.snapshot.get(name)), OrderedBoxes(d.bounds, d.fingerprints))
+        for name, d in layers.items()
+    }
+    for level, mts in list(plan.levels.items()):
+        checks = [
+            (*ordered[name], query_pad(scheme, level, _buffer(style, name, s.buffer)))
+            for name in ordered
+            if level in vis.get(name, ())
+        ]
+        keep = mts[~same_pictures(scheme, level, mts, s.metatile, checks)]
+        if len(keep):
+            plan.levels[level] = keep
+        else:
+            del plan.levels[level]
+    if changes.journal:
+        unfinished = plan_for_boxes(
+            scheme,
+            style,
+            changes.journal,
+            old_levels,
+            s.metatile,
+            s.buffer,
+            visibility=vis,
+            extent=project.extent,
+        )
+        for level, mts in unfinished.levels.items():
+            both = mts if level not in plan.levels else np.concatenate([plan.levels[level], mts])
+            plan.levels[level] = np.unique(both, axis=0)
+    if changes.new_levels:
+        plan.levels.update(full_plan(project, layers, changes.new_levels).levels)
     return plan
+
+
+def _ordered(snap: LayerSnapshot | None) -> OrderedBoxes:
+    if snap is None:
+        return OrderedBoxes(np.zeros((0, 4)), np.zeros(0, np.uint64))
+    return OrderedBoxes(snap.bounds, snap.fingerprints)
+
+
+def _buffer(style: Style, name: str, default: int) -> int:
+    lyr_buffer = style.layer(name).buffer_size
+    return default if lyr_buffer is None else lyr_buffer

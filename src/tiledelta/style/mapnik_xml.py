@@ -45,7 +45,8 @@ class Style:
     xml_without_datasources: str
     layers: tuple[LayerSource, ...]
     fonts: tuple[str, ...]
-    digest: str  # hash of the style file's bytes
+    digest: str  # hash of the style file's bytes and of every file it refers to
+    files: tuple[str, ...] = ()  # the files it refers to (symbols, patterns, font folders)
 
     def layer(self, name: str) -> LayerSource:
         for lyr in self.layers:
@@ -131,6 +132,8 @@ def load_style(path: Path) -> Style:
                     f"{path}: layer {name!r} names style {sname!r}, which is not defined"
                 )
             used |= styles[sname]
+        if lyr.get("group-by"):  # Mapnik orders the layer's drawing by this field
+            used.add(lyr.get("group-by", "").strip())
         layer_name: str | None = None
         if kind == "postgis":
             conn = " ".join(
@@ -164,11 +167,61 @@ def load_style(path: Path) -> Style:
         lyr.remove(ds)
     if not layers:
         raise StyleError(f"{path}: the style has no layers")
+    files = referenced_files(root, base)
     xml = ET.tostring(root, encoding="unicode")
     return Style(
         path=path.resolve(),
         xml_without_datasources=xml,
         layers=tuple(layers),
         fonts=tuple(fonts),
-        digest=hashlib.sha256(raw).hexdigest(),
+        digest=_digest(raw, files),
+        files=tuple(str(f) for f in files),
     )
+
+
+#: Attributes whose value names a file Mapnik loads to draw (markers, patterns, shields…).
+_FILE_ATTRS = ("file", "background-image")
+
+
+def referenced_files(root: ET.Element, base: Path) -> list[Path]:
+    """Every file the style loads besides its data: symbol and pattern images, and the
+    files in its ``font-directory``. A file name holding an expression (``[field]``)
+    stands for every file its pattern matches. Datasource parameters are data, not style,
+    and are left out."""
+    out: set[Path] = set()
+    for el in root.iter():
+        if el.tag in ("Datasource", "Parameter"):
+            continue
+        for key in _FILE_ATTRS:
+            value = (el.get(key) or "").strip()
+            if value:
+                out.update(_matching(value, base))
+    font_dir = (root.get("font-directory") or "").strip()
+    if font_dir:
+        folder = Path(_resolve_path(font_dir, base))
+        if folder.is_dir():
+            out.update(p for p in folder.rglob("*") if p.is_file())
+        else:
+            out.add(folder)
+    return sorted(out)
+
+
+def _matching(value: str, base: Path) -> list[Path]:
+    if "[" not in value:
+        return [Path(_resolve_path(value, base))]
+    pattern = _FIELD_REF.sub("*", value)
+    path = Path(pattern)
+    folder = path.parent if path.is_absolute() else base / path.parent
+    return sorted(folder.glob(path.name)) if folder.is_dir() else [folder / path.name]
+
+
+def _digest(raw: bytes, files: list[Path]) -> str:
+    """sha256 of the style's bytes and of each referenced file (name and bytes)."""
+    h = hashlib.sha256(raw)
+    for f in files:
+        h.update(b"\0" + str(f).encode())
+        try:
+            h.update(b"\1" + hashlib.sha256(f.read_bytes()).digest())
+        except OSError:
+            h.update(b"\2missing")
+    return h.hexdigest()
