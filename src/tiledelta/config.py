@@ -85,8 +85,10 @@ class CacheConfig(BaseModel):
     path: str = "cache"
     format: Literal["png", "png8", "jpeg", "mixed"] = "png"
     quality: int = Field(75, ge=1, le=100)
-    #: "store": keep background-only tiles too (over [render] extent), one copy per bundle
-    blank_tiles: Literal["skip", "store"] = "skip"
+    #: Background-only tiles over [render] extent (else the data's extent): "auto" stores them
+    #: in a compact cache when the style's background is opaque (one shared copy per bundle,
+    #: as ArcGIS serves a tile there); "store" always; "skip" never (clients paint the gap).
+    blank_tiles: Literal["auto", "skip", "store"] = "auto"
 
 
 class RenderConfig(BaseModel):
@@ -207,10 +209,10 @@ class ProjectConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_fields(self) -> ProjectConfig:
-        if self.cache.blank_tiles == "store" and self.render.extent is None:
+        if self.cache.blank_tiles == "store" and self.cache.kind == "xyz":
             raise ValueError(
-                'cache.blank_tiles = "store" needs render.extent '
-                "(the area whose blank tiles are stored)"
+                'cache.blank_tiles = "store" needs a compact or mbtiles cache: an XYZ folder '
+                'would hold one file per blank tile; use "auto" or "skip"'
             )
         return self
 

@@ -1,16 +1,17 @@
-"""Background-only tiles kept in the cache (``[cache] blank_tiles = "store"``)."""
+"""Background-only tiles kept in the cache (``[cache] blank_tiles``: "auto" or "store")."""
 
 from __future__ import annotations
 
 from tiledelta.grid import BUNDLE_PACKET
-from tiledelta.render import BlankFill
+from tiledelta.render import BlankFill, RunStats
 from tiledelta.stores import TileStore
 
 
-def fill_blanks(store: TileStore, blank: BlankFill, levels: list[int]) -> int:
+def fill_blanks(store: TileStore, blank: BlankFill, levels: list[int], stats: RunStats) -> int:
     """Store ``blank.data`` at every covered address of ``levels`` that holds no tile.
 
-    Works band by band (128 rows, one bundle row), so each bundle is written once.
+    Works band by band (128 rows, one bundle row), so each bundle is written once. The
+    tiles count as written (and as blank tiles stored) in ``stats``.
     """
     n = 0
     for level in levels:
@@ -30,4 +31,39 @@ def fill_blanks(store: TileStore, blank: BlankFill, levels: list[int]) -> int:
             if missing:
                 store.put_many(missing)
                 n += len(missing)
+                stats.levels[level] = stats.levels.get(level, 0) + len(missing)
+                stats.changed.extend(t[:3] for t in missing)
+    stats.tiles_written += n
+    stats.tiles_blank_stored += n
     return n
+
+
+def reconcile_blanks(
+    store: TileStore,
+    old: BlankFill | None,
+    new: BlankFill | None,
+    levels: list[int],
+    stats: RunStats,
+) -> None:
+    """After the area of kept blank tiles moved (the data's extent grew or shrank): store
+    the blank tile where the new area lacks a tile, and remove blank copies left outside
+    it. Tiles with content are never touched."""
+    for level in levels:
+        o = old.ranges.get(level) if old is not None else None
+        n = new.ranges.get(level) if new is not None else None
+        if o == n and (old is None or new is None or old.data == new.data):
+            continue
+        if old is not None and o is not None:
+            stale = [
+                (lv, r, c)
+                for lv, r, c in store.iter_tiles(level)
+                if old.covers(lv, r, c) and not (new is not None and new.covers(lv, r, c))
+            ]
+            got = store.get_many(stale)
+            gone = [(lv, r, c, None) for (lv, r, c), data in got.items() if data == old.data]
+            if gone:
+                store.put_many(gone)
+                stats.tiles_removed += len(gone)
+                stats.changed.extend(t[:3] for t in gone)
+        if new is not None and n is not None:
+            fill_blanks(store, new, [level], stats)

@@ -13,8 +13,9 @@ from pathlib import Path
 from tiledelta.build.blanks import fill_blanks
 from tiledelta.build.context import BuildOutcome, RunContext
 from tiledelta.plan import full_plan
+from tiledelta.project import Project
 from tiledelta.sources import LayerData, data_extent, read_layers
-from tiledelta.stores import open_project_store
+from tiledelta.stores import TileStore, open_project_store
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ def _swap_in(new: Path, final: Path) -> None:
         final.rename(old)
     new.rename(final)
     _remove(old)
+
+
+def record_metadata(store: TileStore, project: Project, layers: dict[str, LayerData]) -> None:
+    """The cache's metadata from the current data: the same after a seed or an update."""
+    extent = data_extent(layers) or project.scheme.extent
+    store.set_metadata(extent=extent, name=project.root.name, levels=project.levels)
 
 
 def build_full(ctx: RunContext, *, layers: dict[str, LayerData] | None = None) -> BuildOutcome:
@@ -56,14 +63,13 @@ def build_full(ctx: RunContext, *, layers: dict[str, LayerData] | None = None) -
     _remove(building)
     try:
         with ctx.stage("render_write"), open_project_store(project, path=building) as store:
-            if hasattr(store, "set_extent"):
-                store.set_extent(data_extent(layers) or project.scheme.extent)
-            blank = blank_fill(project)
+            blank = blank_fill(project, data_extent(layers))
             stats = run_project_plan(
                 project, layers, plan, store, progress=ctx.progress, blank=blank
             )
             if blank is not None:
-                stats.tiles_blank_stored = fill_blanks(store, blank, levels)
+                fill_blanks(store, blank, levels, stats)
+            record_metadata(store, project, layers)
         _swap_in(building, final)
     except BaseException:
         _remove(building)

@@ -83,7 +83,8 @@ def detect_changes(
         ch.rebuild = f"the cache {project.cache_path} is missing"
         return ch
     for key, what in (
-        ("style", "the style file changed"),
+        ("format", "the snapshot was written by another version of tiledelta"),
+        ("style", "the style, or a file it uses (symbols, patterns, fonts), changed"),
         ("scheme", "the tiling scheme changed"),
         ("render", "render settings (meta-tile, buffer, format) changed"),
         ("extent", "the configured extent changed"),

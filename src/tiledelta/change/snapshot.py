@@ -61,11 +61,17 @@ def _unpack(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+#: Bumped when what a snapshot records changes meaning (2: fingerprints of the geometry as
+#: drawn, in the scheme CRS); a snapshot of another format means a full rebuild.
+SNAPSHOT_FORMAT = 2
+
+
 def build_signature(project: Project, levels: list[int]) -> dict:
     """What, besides the data, decides every tile's bytes."""
     s = project.settings
     scheme = project.scheme
     return {
+        "format": SNAPSHOT_FORMAT,
         "style": project.style.digest,
         "scheme": scheme.model_dump_json(exclude={"name"}),
         "render": {

@@ -89,6 +89,11 @@ class Renderer:
         mapnik.render(self.map, im)
         return im
 
+    @property
+    def opaque_background(self) -> bool:
+        """True when the style paints every pixel (an opaque background colour)."""
+        return (self.background >> 24) & 0xFF == 255
+
     def blank_tile(self) -> bytes:
         """One tile of pure background, encoded like every other tile."""
         view = self._background.view(0, 0, self.scheme.tile_width, self.scheme.tile_height)

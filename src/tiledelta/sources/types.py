@@ -122,7 +122,9 @@ def layer_data(src: LayerSource, raw: RawLayer, target_crs: str) -> LayerData:
         a: [_value(v) for v in np.asarray(col, dtype=object)[idx]] for a, col in raw.fields.items()
     }
     keys = np.asarray(raw.ids)[idx]
-    fps = fingerprints(src_wkb, attrs)
+    # The geometry as drawn (in the scheme CRS): a changed .prj or layer srs moves every
+    # feature, so it changes every fingerprint.
+    fps = fingerprints(wkb, attrs)
     return LayerData(
         name=src.name,
         keys=keys,

@@ -218,6 +218,15 @@ class TileStore(abc.ABC):
         if self.readonly:
             raise CacheError(f"{self.path} was opened read-only")
 
+    def set_metadata(  # noqa: B027 - optional hook, not abstract
+        self, *, extent: Bounds | None, name: str, levels: list[int]
+    ) -> None:
+        """Record what the cache covers (data extent, name, levels), as the format keeps it.
+
+        Seeds and updates call it last, from the same data, so an updated cache's
+        metadata equals a fresh seed's.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release files and connections (the store is unusable afterwards)."""
 

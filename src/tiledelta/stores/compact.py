@@ -244,6 +244,10 @@ class CompactCache(TileStore):
             return
         atomic_write(self.path / "conf.cdi", conf_cdi_xml(bounds).encode())
 
+    def set_metadata(self, *, extent: Bounds | None, name: str, levels: list[int]) -> None:
+        """conf.cdi holds the data extent (the scheme's extent when there is no data)."""
+        self.set_extent(extent or self.scheme.extent)
+
     def read_extent(self) -> Bounds | None:
         """The extent in conf.cdi, or None when there is no conf.cdi."""
         cdi = self.path / "conf.cdi"

@@ -9,6 +9,7 @@ when the file is replaced (``seed`` swaps in a new file).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import threading
@@ -20,10 +21,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from tiledelta.errors import CacheError
-from tiledelta.grid import TilingScheme, tile_format
+from tiledelta.grid import Bounds, TilingScheme, tile_format
 from tiledelta.stores.base import Addr, TileHit, TileRange, TileStore, mismatch_error
 
 WORLD_BOUNDS = "-180.0,-85.0511287798066,180.0,85.0511287798066"
+MAX_LAT = 85.0511287798066
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS metadata (name TEXT, value TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS metadata_name ON metadata (name);
@@ -186,6 +188,22 @@ class MBTilesStore(TileStore):
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path} is not a readable MBTiles file ({exc})") from exc
 
+    def set_metadata(self, *, extent: Bounds | None, name: str, levels: list[int]) -> None:
+        """MBTiles 1.3 ``name``, ``bounds`` and ``center`` (WGS 84) and the zoom range."""
+        self._check_writable()
+        rows = {"name": name}
+        if levels:
+            rows.update(minzoom=str(min(levels)), maxzoom=str(max(levels)))
+        if extent is not None:
+            west, south, east, north = _wgs84_bounds(extent)
+            rows["bounds"] = f"{west!r},{south!r},{east!r},{north!r}"
+            zoom = min(levels) if levels else 0
+            rows["center"] = f"{(west + east) / 2!r},{(south + north) / 2!r},{zoom}"
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO metadata (name, value) VALUES (?, ?)", rows.items()
+            )
+
     def metadata(self) -> dict[str, str]:
         """The metadata table as a dict."""
         return dict(self._rows("SELECT name, value FROM metadata"))
@@ -281,3 +299,16 @@ class MBTilesStore(TileStore):
             return
         with self._lock, contextlib.suppress(sqlite3.ProgrammingError):
             self._db.close()
+
+
+def _wgs84_bounds(extent: Bounds) -> tuple[float, float, float, float]:
+    """Web Mercator metres to lon/lat degrees, rounded to 7 places (about a centimetre)."""
+    r = 6378137.0
+    lon = [math.degrees(x / r) for x in (extent.xmin, extent.xmax)]
+    lat = [
+        math.degrees(2 * math.atan(math.exp(y / r)) - math.pi / 2)
+        for y in (extent.ymin, extent.ymax)
+    ]
+    west, east = (max(-180.0, min(180.0, v)) for v in lon)
+    south, north = (max(-MAX_LAT, min(MAX_LAT, v)) for v in lat)
+    return tuple(round(v, 7) for v in (west, south, east, north))  # type: ignore[return-value]
