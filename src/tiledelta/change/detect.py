@@ -13,7 +13,6 @@ import numpy as np
 
 from tiledelta.change.diff import LayerChange, diff_layer
 from tiledelta.change.journal import read_journal
-from tiledelta.change.order import moved, unchanged_pairs
 from tiledelta.change.snapshot import LayerSnapshot, build_signature, load_snapshot
 from tiledelta.project import Project
 from tiledelta.sources import LayerData, read_layers
@@ -102,16 +101,6 @@ def detect_changes(
             and old.get("keyed", {}).get(name, False)
             and old.get("keys", {}).get(name) == sig["keys"][name]
         )
-        before = snap.layers.get(name)
-        change = diff_layer(before, data, keyed)
-        if before is not None:
-            oi, ni = unchanged_pairs(before, data, keyed)
-            gone = moved(oi, ni)
-            if gone.any():
-                change.reordered = int(gone.sum())
-                change.moved_boxes = np.concatenate(
-                    [before.bounds[oi[gone]].reshape(-1, 4), data.bounds[ni[gone]].reshape(-1, 4)]
-                )
-        ch.layers[name] = change
+        ch.layers[name] = diff_layer(snap.layers.get(name), data, keyed)
     ch.snapshot = snap.layers
     return ch

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tiledelta.change.order import moved
 from tiledelta.change.snapshot import LayerSnapshot
 from tiledelta.sources import LayerData
 
@@ -92,7 +93,7 @@ def _diff_keyed(old: LayerSnapshot, new: LayerData) -> LayerChange:
     add_mask[ni] = False
     old_boxes = np.concatenate([old.bounds[del_mask], old.bounds[oi[mod]]])
     new_boxes = np.concatenate([new.bounds[add_mask], new.bounds[ni[mod]]])
-    return LayerChange(
+    change = LayerChange(
         added=int(add_mask.sum()),
         modified=int(mod.sum()),
         deleted=int(del_mask.sum()),
@@ -100,6 +101,7 @@ def _diff_keyed(old: LayerSnapshot, new: LayerData) -> LayerChange:
         new_boxes=new_boxes,
         new_idx=np.concatenate([np.flatnonzero(add_mask), ni[mod]]).astype(np.int64),
     )
+    return _with_order(change, old, new, oi[~mod], ni[~mod])
 
 
 def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
@@ -116,13 +118,34 @@ def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
     deleted = int(np.clip(ocount - ncount, 0, None).sum())
     added = int(np.clip(ncount - ocount, 0, None).sum())
     old_boxes, new_boxes = old.bounds[gone], new.bounds[came]
-    return LayerChange(
+    change = LayerChange(
         added=added,
         deleted=deleted,
         old_boxes=old_boxes,
         new_boxes=new_boxes,
         new_idx=np.flatnonzero(came).astype(np.int64),
     )
+    # What is left on both sides is the same multiset of fingerprints: in the same order
+    # (the usual case, one comparison), or paired k-th occurrence to k-th occurrence.
+    rest_old, rest_new = np.flatnonzero(~gone), np.flatnonzero(~came)
+    if np.array_equal(old.fingerprints[rest_old], new.fingerprints[rest_new]):
+        return change
+    oi = rest_old[np.argsort(old.fingerprints[rest_old], kind="stable")]
+    ni = rest_new[np.argsort(new.fingerprints[rest_new], kind="stable")]
+    return _with_order(change, old, new, oi, ni)
+
+
+def _with_order(
+    change: LayerChange, old: LayerSnapshot, new: LayerData, oi: np.ndarray, ni: np.ndarray
+) -> LayerChange:
+    """Add the unchanged features (old position ``oi``, new ``ni``) that moved in the order."""
+    gone = moved(oi, ni)
+    if gone.any():
+        change.reordered = int(gone.sum())
+        change.moved_boxes = np.concatenate(
+            [old.bounds[oi[gone]].reshape(-1, 4), new.bounds[ni[gone]].reshape(-1, 4)]
+        )
+    return change
 
 
 def _a_duplicate(keys: np.ndarray) -> object | None:
