@@ -66,7 +66,9 @@ def require_fields(src: LayerSource, fields: list[str], key: str | None, shown: 
 
 
 def _transformer(src_crs: str | None, src: LayerSource, target: pyproj.CRS, label: str):
-    crs_text = src_crs or src.srs
+    # As Mapnik: the <Layer srs> decides where features are; the data's own CRS (a .prj,
+    # a GeoPackage's srs) is used only when the layer declares none.
+    crs_text = src.srs or src_crs
     if not crs_text:
         raise SourceError(
             f"layer {src.name!r}: {label} has no coordinate system; add a .prj or set "
