@@ -311,6 +311,7 @@ def describe_changes(changes: dict) -> list[str]:
         return [f"full rebuild needed: {changes['rebuild']}"]
     lines = [
         f"{name}: {c['added']} added, {c['modified']} modified, {c['deleted']} deleted"
+        + (f", {c['reordered']} moved in the draw order" if c.get("reordered") else "")
         for name, c in changes["layers"].items()
     ]
     if changes["new_levels"]:

@@ -318,7 +318,7 @@ def describe(changes: Changes) -> str:
         return f"full rebuild needed ({d['rebuild']})"
     parts = []
     for name, c in d["layers"].items():
-        bits = [f"{c[k]} {k}" for k in ("added", "modified", "deleted") if c.get(k)]
+        bits = [f"{c[k]} {k}" for k in ("added", "modified", "deleted", "reordered") if c.get(k)]
         if bits:
             parts.append(f"{name} {', '.join(bits)}")
     if d["new_levels"]:
