@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ def make_project(root: Path, levels: str, *, gpkg: bool = False, key: str | None
         kind = "ogr"
     (root / "style.xml").write_text(STYLE.format(kind=kind, path=path), encoding="utf-8")
     init_project(root, style=root / "style.xml", levels=levels, force=True)
+    blanks = os.environ.get("BENCH_BLANK_TILES")  # auto | store | skip; default: the project's
+    if blanks:
+        toml = root / "tiledelta.toml"
+        text = toml.read_text()
+        for old in ("auto", "skip", "store"):
+            text = text.replace(f'blank_tiles = "{old}"', f'blank_tiles = "{blanks}"')
+        toml.write_text(text)
     if key:
         toml = root / "tiledelta.toml"
         toml.write_text(toml.read_text() + f'\n[layers.buildings]\nkey = "{key}"\n')
