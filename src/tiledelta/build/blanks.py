@@ -7,11 +7,19 @@ from tiledelta.render import BlankFill, RunStats
 from tiledelta.stores import TileStore
 
 
-def fill_blanks(store: TileStore, blank: BlankFill, levels: list[int], stats: RunStats) -> int:
+def fill_blanks(
+    store: TileStore,
+    blank: BlankFill,
+    levels: list[int],
+    stats: RunStats,
+    *,
+    track: bool = False,
+) -> int:
     """Store ``blank.data`` at every covered address of ``levels`` that holds no tile.
 
     Works band by band (128 rows, one bundle row), so each bundle is written once. The
-    tiles count as written (and as blank tiles stored) in ``stats``.
+    tiles count as written (and as blank tiles stored) in ``stats``; with ``track`` (updates)
+    their addresses join ``stats.changed``.
     """
     n = 0
     for level in levels:
@@ -32,7 +40,8 @@ def fill_blanks(store: TileStore, blank: BlankFill, levels: list[int], stats: Ru
                 store.put_many(missing)
                 n += len(missing)
                 stats.levels[level] = stats.levels.get(level, 0) + len(missing)
-                stats.changed.extend(t[:3] for t in missing)
+                if track:
+                    stats.changed.extend(t[:3] for t in missing)
     stats.tiles_written += n
     stats.tiles_blank_stored += n
     return n
@@ -66,4 +75,4 @@ def reconcile_blanks(
                 stats.tiles_removed += len(gone)
                 stats.changed.extend(t[:3] for t in gone)
         if new is not None and n is not None:
-            fill_blanks(store, new, [level], stats)
+            fill_blanks(store, new, [level], stats, track=True)

@@ -71,7 +71,7 @@ def build_update(ctx: RunContext) -> BuildOutcome:
                     blank=blank,
                 )
             if blank is not None and changes.new_levels:
-                fill_blanks(store, blank, changes.new_levels, stats)
+                fill_blanks(store, blank, changes.new_levels, stats, track=True)
             old_levels = [lv for lv in project.levels if lv not in changes.new_levels]
             reconcile_blanks(store, old_blank, blank, old_levels, stats)
             for level in changes.dropped_levels:

@@ -94,11 +94,16 @@ def build_bundle(tiles: Mapping[int, bytes]) -> bytes:
     index = np.zeros(RECORDS, dtype="<u8")
     chunks: list[bytes] = []
     seen: dict[bytes, list[tuple[bytes, int]]] = {}
+    same_object: dict[int, int] = {}  # id(bytes) -> offset: shared copies skip the hashing
     pos = DATA_START
     max_size = 0
     for i in sorted(tiles):
         data = tiles[i]
         size = len(data)
+        offset = same_object.get(id(data))
+        if offset is not None:
+            index[i] = offset | (size << 40)
+            continue
         if not 0 < size <= MAX_TILE_SIZE:
             raise CacheError(f"tile of {size} bytes cannot be stored in a bundle (1..16 MiB)")
         key = hashlib.blake2b(data, digest_size=16).digest()
@@ -109,6 +114,7 @@ def build_bundle(tiles: Mapping[int, bytes]) -> bytes:
             chunks.append(data)
             pos = offset + size
             seen.setdefault(key, []).append((data, offset))
+        same_object[id(data)] = offset
         index[i] = offset | (size << 40)
         max_size = max(max_size, size)
     if pos > OFFSET_MASK:
