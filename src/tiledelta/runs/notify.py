@@ -34,6 +34,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from tiledelta.config import EmailConfig, NotifyConfig, WebhookConfig
 from tiledelta.credentials import Secret, env_value
 from tiledelta.project import Project
@@ -227,8 +229,6 @@ def send_webhook(
     project: Project, cfg: WebhookConfig, summary: dict, *, ok: bool, folder: Path | None
 ) -> str:
     """Post the run to the webhook; return what was sent. Raises :class:`NotifyError`."""
-    import httpx
-
     url = cfg.url or env_value(project.root, WEBHOOK_URL_ENV)
     if not url:
         raise NotifyError(f"webhook has no url: set url or {WEBHOOK_URL_ENV}")
