@@ -48,31 +48,19 @@ def fill_blanks(
 
 
 def reconcile_blanks(
-    store: TileStore,
-    old: BlankFill | None,
-    new: BlankFill | None,
-    levels: list[int],
-    stats: RunStats,
+    store: TileStore, old: BlankFill, new: BlankFill, levels: list[int], stats: RunStats
 ) -> None:
     """After the area of kept blank tiles moved (the data's extent grew or shrank): store
-    the blank tile where the new area lacks a tile, and remove blank copies left outside
-    it. Tiles with content are never touched."""
+    the blank tile where the ``new`` area lacks a tile, and remove the copies left outside
+    it from the ``old`` one. Both hold the same tile; tiles with content are never touched."""
     for level in levels:
-        o = old.ranges.get(level) if old is not None else None
-        n = new.ranges.get(level) if new is not None else None
-        if o == n and (old is None or new is None or old.data == new.data):
+        if old.ranges.get(level) == new.ranges.get(level):
             continue
-        if old is not None and o is not None:
-            stale = [
-                (lv, r, c)
-                for lv, r, c in store.iter_tiles(level)
-                if old.covers(lv, r, c) and not (new is not None and new.covers(lv, r, c))
-            ]
-            got = store.get_many(stale)
-            gone = [(lv, r, c, None) for (lv, r, c), data in got.items() if data == old.data]
-            if gone:
-                store.put_many(gone)
-                stats.tiles_removed += len(gone)
-                stats.changed.extend(t[:3] for t in gone)
-        if new is not None and n is not None:
-            fill_blanks(store, new, [level], stats, track=True)
+        stale = [a for a in store.iter_tiles(level) if old.covers(*a) and not new.covers(*a)]
+        got = store.get_many(stale)
+        gone = [(lv, r, c, None) for (lv, r, c), data in got.items() if data == old.data]
+        if gone:
+            store.put_many(gone)
+            stats.tiles_removed += len(gone)
+            stats.changed.extend(t[:3] for t in gone)
+        fill_blanks(store, new, [level], stats, track=True)

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from tiledelta.build.blanks import fill_blanks, reconcile_blanks
 from tiledelta.build.context import BuildOutcome, RunContext
 from tiledelta.build.seed import build_full, record_metadata
-from tiledelta.change import Changes, detect_changes
-from tiledelta.grid import Bounds
+from tiledelta.change import detect_changes
 from tiledelta.plan import update_plan
 from tiledelta.render import RunStats
-from tiledelta.sources import data_extent, read_layers
+from tiledelta.sources import boxes_extent, data_extent, read_layers
 from tiledelta.stores import open_project_store
 
 log = logging.getLogger(__name__)
@@ -57,7 +54,9 @@ def build_update(ctx: RunContext) -> BuildOutcome:
     top = max(project.levels + changes.dropped_levels)
     with ctx.stage("render_write"):
         blank = blank_fill(project, data_extent(layers))
-        old_blank = blank_fill(project, _snapshot_extent(changes))
+        # The area the last build kept blank tiles over: the snapshot's extent.
+        was = boxes_extent([snap.bounds for snap in changes.snapshot.values()])
+        area = project.extent or was
         with open_project_store(project, max_level=top) as store:
             if plan.metatile_count:
                 stats = run_project_plan(
@@ -72,8 +71,10 @@ def build_update(ctx: RunContext) -> BuildOutcome:
                 )
             if blank is not None and changes.new_levels:
                 fill_blanks(store, blank, changes.new_levels, stats, track=True)
-            old_levels = [lv for lv in project.levels if lv not in changes.new_levels]
-            reconcile_blanks(store, old_blank, blank, old_levels, stats)
+            if blank is not None:
+                old_blank = blank.over(project.scheme, project.levels, area)
+                old_levels = [lv for lv in project.levels if lv not in changes.new_levels]
+                reconcile_blanks(store, old_blank, blank, old_levels, stats)
             for level in changes.dropped_levels:
                 gone = [(lv, r, c, None) for lv, r, c in store.iter_tiles(level)]
                 if gone:
@@ -91,15 +92,4 @@ def build_update(ctx: RunContext) -> BuildOutcome:
         changes=changes,
         changed_tiles=stats.changed,
         level_info={lv: {"tiles": stats.planned.get(lv, 0)} for lv in project.levels},
-    )
-
-
-def _snapshot_extent(changes: Changes) -> Bounds | None:
-    """The data's extent at the last build (from the snapshot's boxes)."""
-    boxes = [s.bounds.reshape(-1, 4) for s in changes.snapshot.values() if len(s.bounds)]
-    if not boxes:
-        return None
-    b = np.concatenate(boxes)
-    return Bounds(
-        float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
     )

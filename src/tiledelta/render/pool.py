@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from tiledelta.config import RenderSettings
-from tiledelta.grid import BUNDLE_PACKET, Bounds, TilingScheme, metatile_tiles, tile_range
+from tiledelta.grid import BUNDLE_PACKET, Bounds, TilingScheme, metatile_tiles
 from tiledelta.plan import TilePlan
 from tiledelta.project import Project
 from tiledelta.render._mapnik import mapnik
@@ -203,23 +203,16 @@ def run_project_plan(
 def blank_fill(project: Project, data_extent: Bounds | None) -> BlankFill | None:
     """The project's blank-tile rule (``[cache] blank_tiles``), or None when none are kept.
 
-    Background-only tiles are kept over ``[render] extent``, else over ``data_extent``:
-    with "auto" only in a compact cache (index records share one copy per bundle) and
-    when the style's background is opaque, so that clients find a tile wherever ArcGIS
-    Server would serve one.
+    Background-only tiles are kept over ``[render] extent``, else over ``data_extent``
+    (nowhere while there is no data): with "auto" only in a compact cache (index records
+    share one copy per bundle) and when the style's background is opaque, so that
+    clients find a tile wherever ArcGIS Server would serve one.
     """
     mode = project.config.cache.blank_tiles
-    area = project.extent or data_extent
-    if mode == "skip" or area is None:
-        return None
-    if mode == "auto" and project.config.cache.kind != "compact":
+    if mode == "skip" or (mode == "auto" and project.config.cache.kind != "compact"):
         return None
     renderer = Renderer(project.style, project.scheme, {}, project.settings)
     if mode == "auto" and not renderer.opaque_background:
         return None
-    ranges = {}
-    for level in project.levels:
-        rng = tile_range(project.scheme, level, area, touch=False)
-        if rng is not None:
-            ranges[level] = rng
-    return BlankFill(renderer.blank_tile(), ranges)
+    blank = BlankFill(renderer.blank_tile(), {})
+    return blank.over(project.scheme, project.levels, project.extent or data_extent)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tiledelta.grid import Bounds, TilingScheme, tile_range
+
 #: A rendered tile: (level, row, col, encoded bytes), bytes None for a blank tile.
 TileResult = tuple[int, int, int, bytes | None]
 
@@ -19,6 +21,16 @@ class BlankFill:
     def covers(self, level: int, row: int, col: int) -> bool:
         rng = self.ranges.get(level)
         return rng is not None and rng[0] <= row <= rng[1] and rng[2] <= col <= rng[3]
+
+    def over(self, scheme: TilingScheme, levels: list[int], area: Bounds | None) -> BlankFill:
+        """The same tile kept over ``area`` (nowhere when ``area`` is None)."""
+        ranges = {}
+        if area is not None:
+            for level in levels:
+                rng = tile_range(scheme, level, area, touch=False)
+                if rng is not None:
+                    ranges[level] = rng
+        return BlankFill(self.data, ranges)
 
 
 @dataclass

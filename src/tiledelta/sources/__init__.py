@@ -18,12 +18,20 @@ import time
 from tiledelta.project import Project
 from tiledelta.sources import gdal, postgis
 from tiledelta.sources.gdal import describe, list_layers
-from tiledelta.sources.types import LayerData, RawLayer, data_extent, fingerprints, layer_data
+from tiledelta.sources.types import (
+    LayerData,
+    RawLayer,
+    boxes_extent,
+    data_extent,
+    fingerprints,
+    layer_data,
+)
 from tiledelta.style import LayerSource
 
 __all__ = [
     "LayerData",
     "RawLayer",
+    "boxes_extent",
     "data_extent",
     "describe",
     "display_path",

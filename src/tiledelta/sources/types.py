@@ -155,7 +155,12 @@ def fingerprints(wkb: np.ndarray, attrs: dict[str, list]) -> np.ndarray:
 
 def data_extent(layers: dict[str, LayerData]) -> Bounds | None:
     """The box around every feature of every layer, or None when there are none."""
-    boxes = [d.bounds for d in layers.values() if len(d)]
+    return boxes_extent([d.bounds for d in layers.values()])
+
+
+def boxes_extent(boxes: list[np.ndarray]) -> Bounds | None:
+    """The box around (n, 4) arrays of boxes, or None when they hold none."""
+    boxes = [np.asarray(b).reshape(-1, 4) for b in boxes if len(b)]
     if not boxes:
         return None
     b = np.concatenate(boxes)
