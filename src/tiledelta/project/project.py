@@ -21,8 +21,15 @@ from tiledelta.config import (
     read_config,
 )
 from tiledelta.errors import ConfigError, SchemeError
-from tiledelta.grid import Bounds, TilingScheme, load_scheme, select_levels, up_to_level
-from tiledelta.style import Style, load_style
+from tiledelta.grid import (
+    Bounds,
+    TilingScheme,
+    load_scheme,
+    mapnik_scale_denominator,
+    select_levels,
+    up_to_level,
+)
+from tiledelta.style import Style, load_pro_map, load_style
 
 STATE_DIR = ".tiledelta"
 
@@ -104,8 +111,33 @@ class Project:
     @property
     def style(self) -> Style:
         if self._style is None:
-            self._style = load_style(self.resolve(self.config.style))
+            cfg = self.config
+            if cfg.map is not None:
+                self._style = load_pro_map(
+                    self.resolve(cfg.map),
+                    cfg.map_name,
+                    cfg.layers,
+                    project_root=self.root,
+                    scale_factor=self._arcgis_scale_factor(),
+                )
+            else:
+                self._style = load_style(self.resolve(str(cfg.style)))
         return self._style
+
+    def _arcgis_scale_factor(self) -> float:
+        """Mapnik's scale denominator per ArcGIS scale in this scheme (0.945 in metres,
+        3.1 in US feet): a Pro map's scale ranges are ArcGIS scales."""
+        scheme = self.scheme
+        level = scheme.levels[0]
+        scale = scheme.lod(level).scale
+        if not scale or scale <= 0:
+            return 1 / (39.37 * 96 * 0.00028)
+        return mapnik_scale_denominator(scheme, level) / scale
+
+    @property
+    def style_file(self) -> Path:
+        """The file the style comes from: the Mapnik XML, or the Pro map."""
+        return self.resolve(str(self.config.map or self.config.style))
 
     @property
     def scheme(self) -> TilingScheme:

@@ -19,6 +19,9 @@ from tiledelta.errors import StyleError
 
 #: Datasource types whose features tiledelta reads through GDAL/OGR.
 VECTOR_TYPES = {"shape", "ogr", "sqlite", "geojson", "postgis"}
+#: Datasource types Mapnik reads itself (kept in the XML, paths made absolute); tiledelta
+#: fingerprints their pixels block by block (:mod:`tiledelta.sources.raster`).
+RASTER_TYPES = {"gdal", "raster"}
 _FIELD_REF = re.compile(r"\[([^\[\]]+)\]")
 _MAPNIK_VARS = {"mapnik::geometry_type", "mapnik::feature_id"}
 
@@ -35,6 +38,9 @@ class LayerSource:
     buffer_size: int | None = None  # layer-level buffer override (pixels)
     attributes: tuple[str, ...] = ()  # attributes the style uses for this layer
     params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    where: str | None = None  # attribute filter applied when reading (a Pro definition query)
+    #: raster layers: the RasterSymbolizer ``scaling`` methods of the layer's styles
+    raster_scaling: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class Style:
     fonts: tuple[str, ...]
     digest: str  # hash of the style file's bytes and of every file it refers to
     files: tuple[str, ...] = ()  # the files it refers to (symbols, patterns, font folders)
+    #: per layer, a digest of what it draws with (a Pro map's renderer and labels): a change
+    #: rebuilds that layer's levels only; empty (Mapnik XML): ``digest`` covers every layer
+    layer_digests: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    #: what the reader wants said once (layers not used, fields it could not tell)
+    notes: tuple[str, ...] = ()
 
     def layer(self, name: str) -> LayerSource:
         for lyr in self.layers:
@@ -118,12 +129,15 @@ def load_style(path: Path) -> Style:
                 f"{path}: layer {name!r}: named datasource templates are not supported"
             )
         kind = params.get("type", "")
-        if kind not in VECTOR_TYPES:
+        if kind not in VECTOR_TYPES | RASTER_TYPES:
             raise StyleError(
                 f"{path}: layer {name!r} has datasource type {kind!r}; tiledelta supports "
-                f"{', '.join(sorted(VECTOR_TYPES))}"
+                f"{', '.join(sorted(VECTOR_TYPES | RASTER_TYPES))}"
             )
         ds_base = Path(_resolve_path(params["base"], base)) if params.get("base") else base
+        if kind in RASTER_TYPES:
+            layers.append(_raster_layer(path, lyr, ds, params, ds_base, root))
+            continue
         used: set[str] = set()
         for sn in lyr.findall("StyleName"):
             sname = (sn.text or "").strip()
@@ -176,6 +190,43 @@ def load_style(path: Path) -> Style:
         fonts=tuple(fonts),
         digest=_digest(raw, files),
         files=tuple(str(f) for f in files),
+    )
+
+
+def _raster_layer(
+    path: Path, lyr: ET.Element, ds: ET.Element, params: dict[str, str], base: Path, root
+) -> LayerSource:
+    """A ``gdal``/``raster`` layer: its datasource stays in the XML (Mapnik reads the file
+    itself), with the file made absolute so any process can open it."""
+    name = lyr.get("name") or ""
+    file = params.get("file")
+    if not file:
+        raise StyleError(f"{path}: layer {name!r}: datasource has no 'file' parameter")
+    src_path = _resolve_path(file, base)
+    for p in ds.findall("Parameter"):
+        if p.get("name") == "file":
+            p.text = src_path
+        elif p.get("name") == "base":
+            ds.remove(p)
+    params = {k: v for k, v in params.items() if k != "base"} | {"file": src_path}
+    names = {(sn.text or "").strip() for sn in lyr.findall("StyleName")}
+    scaling = sorted(
+        {
+            (sym.get("scaling") or "near").strip()
+            for st in root.findall("Style")
+            if st.get("name", "") in names
+            for sym in st.iter("RasterSymbolizer")
+        }
+    )
+    buf = lyr.get("buffer-size")
+    return LayerSource(
+        name=name,
+        kind=params.get("type", ""),
+        path=src_path,
+        srs=lyr.get("srs"),
+        buffer_size=int(buf) if buf else None,
+        params=params,
+        raster_scaling=tuple(scaling),
     )
 
 
