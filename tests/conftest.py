@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +21,57 @@ from tiledelta import sample
 from tiledelta.api import init_project
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+#: ``.ci/run``'s second venv has no Mapnik (the core install) and runs ``pytest -m core``.
+CORE_VENV = os.environ.get("TILEDELTA_CORE_VENV") == "1"
+#: Test files whose tests all run without Mapnik (marked ``core`` here, not in each file).
+CORE_FILES = frozenset(
+    {
+        "test_core_without_mapnik.py",
+        "test_supertiles.py",
+        "test_windows_safe.py",
+    }
+)
+NO_MAPNIK_REASON = "needs Mapnik; this is the no-Mapnik CI venv (TILEDELTA_CORE_VENV=1)"
+
+
+def _mapnik_importable() -> bool:
+    try:
+        return importlib.util.find_spec("mapnik") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_mapnik: a core test that renders; skipped only in the no-Mapnik CI venv"
+    )
+    # Strict both ways: a main venv without Mapnik fails (never a silent skip), and the
+    # core venv must really lack it.
+    if not CORE_VENV and not _mapnik_importable():
+        raise pytest.UsageError(
+            "Mapnik is not installed: install the test extra (pip install -e '.[test]' pulls "
+            "tiledelta[render]); only the no-Mapnik CI venv (TILEDELTA_CORE_VENV=1) runs without"
+        )
+    if CORE_VENV and _mapnik_importable():
+        raise pytest.UsageError("TILEDELTA_CORE_VENV=1 but Mapnik is installed in this venv")
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """In the core venv only the core files are collected (the others import Mapnik)."""
+    name = collection_path.name
+    if CORE_VENV and name.startswith("test_") and name.endswith(".py"):
+        return name not in CORE_FILES
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m core`` selects on the markers added here
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in CORE_FILES:
+            item.add_marker(pytest.mark.core)
+        if CORE_VENV and item.get_closest_marker("needs_mapnik") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_MAPNIK_REASON))
 
 
 def shared_path(*parts: str) -> Path:

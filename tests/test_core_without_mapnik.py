@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from tiledelta.config import ArcGISConfig
 from tiledelta.project import Project
 from tiledelta.publish.arcgis.cache import update_server
 from tiledelta.publish.arcgis.publish import publish
+from tiledelta.render import mapnik_installed
 
 USER, PASSWORD = "publisher", "no-mapnik-Pa55"
 
@@ -63,9 +66,35 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def write_tiles(project: Project, level: int) -> int:
+    """A cache of flat PNG tiles over the data (the no-Mapnik venv cannot seed one)."""
+    import io
+
+    from PIL import Image
+
+    from tiledelta.grid import tile_range
+    from tiledelta.sources import data_extent, read_layers
+    from tiledelta.stores import open_project_store
+
+    ext = data_extent(read_layers(project))
+    r0, r1, c0, c1 = tile_range(project.scheme, level, ext)
+    buf = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 180, 140)).save(buf, "PNG")
+    tiles = [(level, r, c, buf.getvalue()) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+    with open_project_store(project, create=True) as store:
+        store.put_many(tiles)
+    return len(tiles)
+
+
 @pytest.fixture
 def site(tmp_path: Path):
-    """The sample county, seeded, published on the emulator, the server marked current."""
+    """The sample county published on the emulator, the server marked current.
+
+    With Mapnik (the main venv) the county is seeded and the service carries that cache;
+    without it (``.ci/run``'s core venv) nothing can be drawn locally: the local cache
+    holds flat tiles (:func:`write_tiles`), the service is published without a cache and
+    the emulator draws stand-in tiles.
+    """
     county = tmp_path / "county"
     sample.generate(county)
     init_project(county, style=county / "style.xml", levels="13-15", force=True)
@@ -73,22 +102,29 @@ def site(tmp_path: Path):
     arcgis = ArcGISConfig(server=emu.url, service="Tests/County", sd="County.sd", poll_seconds=0.05)
     Project.load(county).updated(render={"processes": 1}, arcgis=arcgis).save()
     (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
-    seed(load_project(county))
-    make_service_definition(county, county / "County.sd", "Tests", "County", include_cache=True)
+    seeded = mapnik_installed()
+    if seeded:
+        seed(load_project(county))
+    else:  # a local cache to package, serve and count (flat tiles at level 14)
+        write_tiles(load_project(county), 14)
+    make_service_definition(county, county / "County.sd", "Tests", "County", include_cache=seeded)
     publish(load_project(county), say=lambda m: None, update_cache=False)
     update_server(load_project(county), mark_current=True)
-    yield county, emu
+    yield county, emu, seeded
     emu.stop()
 
 
 def test_detection_planning_and_info_without_mapnik(site) -> None:
-    county, _emu = site
+    county, _emu, seeded = site
     sample.apply_edits(county)
     status = run_cli("status", "--project", str(county), "--json")
     assert status.returncode == 0, status.stderr
     changes = json.loads(status.stdout)
-    assert changes["rebuild"] is None
-    assert sum(sum(c.values()) for c in changes["layers"].values()) > 0
+    if seeded:  # the local cache was built: the edits are found
+        assert changes["rebuild"] is None
+        assert sum(sum(c.values()) for c in changes["layers"].values()) > 0
+    else:  # nothing was ever built locally
+        assert changes["rebuild"] == "no build yet"
 
     plan = run_cli("plan", "--project", str(county), "--json", "--aoi", str(county / "aoi.json"))
     assert plan.returncode == 0, plan.stderr
@@ -103,7 +139,7 @@ def test_detection_planning_and_info_without_mapnik(site) -> None:
 
 
 def test_server_update_without_mapnik(site) -> None:
-    county, emu = site
+    county, emu, _seeded = site
     sample.apply_edits(county)
     served = emu.service("Tests", "County").path / "data" / "county.gpkg"
     served.write_bytes((county / "data" / "county.gpkg").read_bytes())
@@ -118,17 +154,71 @@ def test_server_update_without_mapnik(site) -> None:
     assert PASSWORD not in out.stdout + out.stderr
 
 
-def test_local_rendering_names_the_extra(site) -> None:
-    county, _emu = site
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["update"],
+        ["update", "--target", "local"],
+        ["seed"],
+        ["thumbnail", "--out", "thumb.png"],  # without a local cache
+        ["demo", "demo-county"],
+    ],
+    ids=lambda c: "-".join(c),
+)
+def test_rendering_names_the_extra_and_writes_nothing(site, command: list[str]) -> None:
+    county, _emu, _seeded = site
     sample.apply_edits(county)
-    out = run_cli("update", "--project", str(county))
+    if command[0] == "thumbnail":  # with a local cache it is put together from the tiles
+        shutil.rmtree(county / "cache", ignore_errors=True)
+    before = sorted(p.relative_to(county) for p in county.rglob("*"))
+    args = command if command[0] == "demo" else [*command, "--project", str(county)]
+    out = run_cli(*args, cwd=county)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "tiledelta[render]" in lines[0], out.stderr
+    assert len(lines) == 1 and 'pip install "tiledelta[render]"' in lines[0], out.stderr
+    assert sorted(p.relative_to(county) for p in county.rglob("*")) == before  # nothing new
+
+
+def test_doctor_names_the_extra_once(site) -> None:
+    county, _emu, _seeded = site
+    out = run_cli("doctor", "--project", str(county))
+    assert out.returncode == 1
+    failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith("FAIL  mapnik:"), out.stdout
+    assert "tiledelta[render]" in failed[0]
+    assert any(line.startswith("ok    style:") for line in out.stdout.splitlines()), out.stdout
+
+
+def test_plan_for_the_server_without_mapnik(site) -> None:
+    county, emu, _seeded = site
+    sample.apply_edits(county)
+    jobs = len(emu.jobs)
+    out = run_cli("plan", "--project", str(county), "--target", "arcgis", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["supertile"]["px"] == 2048 and plan["tiles"] >= plan["dirty_tiles"] > 0
+    assert plan["supertiles"] > 0 and len(emu.jobs) == jobs  # nothing sent
+
+
+def test_publish_and_package_without_mapnik(site, tmp_path: Path) -> None:
+    county, emu, _seeded = site
+    sample.apply_edits(county)
+    served = emu.service("Tests", "County").path / "data" / "county.gpkg"
+    out = run_cli("publish", "--project", str(county), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["published"] == "Tests/County"
+    assert served.is_file()
+    pkg = tmp_path / "county.tpkx"
+    out = run_cli("package", "--project", str(county), "--out", str(pkg), "--json")
+    assert out.returncode == 0, out.stderr
+    with zipfile.ZipFile(pkg) as zf:
+        names = zf.namelist()
+    assert "root.json" in names and any(n.endswith(".bundle") for n in names)
 
 
 def test_serving_without_mapnik(site) -> None:
-    county, _emu = site
+    county, _emu, _seeded = site
     code = (
         NO_MAPNIK
         + f"""

@@ -207,6 +207,11 @@ def scheme_from_conf_xml(text_or_path: str | Path, name: str | None = None) -> T
             )
         except ValueError as exc:
             raise CacheError(f"{src}: bad LODInfo ({exc})") from exc
+    if not lods:
+        raise CacheError(
+            f"{src}: no levels (TileCacheInfo/LODInfos has no LODInfo); "
+            "list the levels of detail in the file"
+        )
     try:
         origin = (
             float(_text(tci, "{*}TileOrigin/{*}X", src)),

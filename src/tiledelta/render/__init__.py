@@ -16,10 +16,28 @@ from __future__ import annotations
 
 import importlib.util
 
+from tiledelta.errors import RenderUnavailable
 from tiledelta.render.stats import BlankFill, RunStats, TileResult
 from tiledelta.render.throttle import Throttle
 
-__all__ = ["BlankFill", "RunStats", "Throttle", "TileResult", "mapnik_installed"]
+__all__ = [
+    "BlankFill",
+    "RunStats",
+    "Throttle",
+    "TileResult",
+    "mapnik_installed",
+    "require_mapnik",
+]
+
+
+def require_mapnik() -> None:
+    """Raise :class:`RenderUnavailable` (one line naming the ``render`` extra) unless
+    Mapnik can be imported; call it before a rendering command writes anything."""
+    if not mapnik_installed():
+        raise RenderUnavailable(
+            "local rendering needs Mapnik, which is not installed; "
+            'install it with: pip install "tiledelta[render]" (Linux and macOS)'
+        )
 
 
 def mapnik_installed() -> bool:
