@@ -14,14 +14,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import zipfile
 from pathlib import Path
 
 import pyogrio.raw
 import pytest
 import shapely
 from shapely.geometry import Polygon, box
-from support.emulator import Emulator, Faults
+from support.emulator import Emulator, Faults, make_service_definition
 
 from tiledelta import sample
 from tiledelta.api import init_project, load_project, seed
@@ -154,21 +153,9 @@ class Client:
 
 
 def make_sd(project: Path, folder: str, name: str, *, keep: bool, cache: bool) -> Path:
-    """The emulator's service definition: a zip of the project plus serviceinfo.json."""
+    """A staged service definition (7-Zip: manifest.xml, serviceconfiguration.json, data)."""
     out = project.parent / f"{name}-{uuid.uuid4().hex[:6]}.sd"
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(
-            "serviceinfo.json",
-            json.dumps({"folder": folder, "name": name, "keepExistingMapCache": keep}),
-        )
-        for p in sorted(project.rglob("*")):
-            rel = p.relative_to(project)
-            if p.is_dir() or rel.parts[0] == ".tiledelta":
-                continue
-            if rel.parts[0] == "cache" and not cache:
-                continue
-            zf.write(p, rel.as_posix())
-    return out
+    return make_service_definition(project, out, folder, name, keep_cache=keep, include_cache=cache)
 
 
 def all_tiles(cache: Path) -> dict:
@@ -199,7 +186,9 @@ def county(tmp_path_factory) -> Path:
     sample.generate(root)
     init_project(root, style=root / "style.xml", levels="13-16", force=True)
     project = Project.load(root)
-    project = project.updated(render={"processes": 1})
+    # The emulated server keeps no background-only tile and redraws whole supertiles,
+    # which reach beyond the data: the local seeds it is compared with keep none either.
+    project = project.updated(render={"processes": 1}, cache={"blank_tiles": "skip"})
     project.save()
     seed(load_project(root))
     return root
@@ -427,11 +416,22 @@ def test_cache_job_rerenders_exactly_the_tiles_in_the_aoi(emu, client, county, t
                 tile = box(*tile_bounds(web_mercator(), level, row, col))
                 if tile.intersection(aoi).area > 0:
                     expected.add((level, row, col))
-    assert set(rec["tiles"]) == expected
+    assert set(rec["area_tiles"]) == expected
     in_box = {a for a in expected if a[0] == 16}
     rows = range(min(a[1] for a in in_box), max(a[1] for a in in_box) + 1)
     cols = range(min(a[2] for a in in_box), max(a[2] for a in in_box) + 1)
     assert 4 <= len(in_box) < len(rows) * len(cols)  # a polygon, not its bounding box
+    # ArcGIS draws whole supertiles (2048 px = 8 x 8 tiles with antialiasing, the
+    # emulator's default AntialiasingMode), counted from the origin, and cuts them all.
+    supertiles = {(lv, r // 8, c // 8) for lv, r, c in expected}
+    assert set(rec["supertiles"]) == supertiles
+    expected = {
+        (lv, 8 * sr + i, 8 * sc + j)
+        for lv, sr, sc in supertiles
+        for i in range(8)
+        for j in range(8)
+    }
+    assert set(rec["tiles"]) == expected
     assert set(rec["written"]) | set(rec["deleted"]) <= expected and rec["written"]
 
     after = all_tiles(served)
@@ -518,7 +518,9 @@ def test_recreate_all_deletes_tiles_that_became_blank(emu, client, published):
     )
     assert info["jobStatus"] == "esriJobSucceeded", info["messages"]
     rec = emu.jobs[info["jobId"]].record
-    assert rec["tiles"] == [(15, row, col)] and rec["deleted"] == [(15, row, col)]
+    # the tile's whole supertile (8 x 8 tiles) is redrawn; only the stored tile goes
+    assert rec["area_tiles"] == [(15, row, col)] and rec["deleted"] == [(15, row, col)]
+    assert len(rec["tiles"]) == 64 and (15, row, col) in rec["tiles"]
     assert client.tile(published, level, row, col)[0] == 404
 
 

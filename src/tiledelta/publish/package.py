@@ -29,9 +29,21 @@ ROOT_FORMATS = {"png": "PNG32", "png8": "PNG8", "jpeg": "JPEG", "mixed": "MIXED"
 
 
 def write_tpkx(
-    project: Project, out: Path, *, levels: list[int] | None = None, changed_only: bool = False
+    project: Project,
+    out: Path,
+    *,
+    levels: list[int] | None = None,
+    changed_only: bool = False,
+    tiles: list[tuple[int, int, int]] | None = None,
+    bundles: set[tuple[int, int, int]] | None = None,
 ) -> dict:
-    """Write ``out`` (.tpkx) from the project's cache; return what went in."""
+    """Write ``out`` (.tpkx) from the project's cache; return what went in.
+
+    ``tiles`` limits the package to those addresses (a patch: tiles absent from the
+    cache are left out); ``changed_only`` takes them from the last update. ``bundles``
+    ((level, row0, col0) of bundle origins) are written even when no tile of theirs
+    is: an empty bundle that overwrites a server's bundle removes its tiles.
+    """
     out = Path(out)
     if out.suffix.lower() != ".tpkx":
         raise ConfigError(f"{out}: a tile package file name must end in .tpkx")
@@ -43,6 +55,8 @@ def write_tpkx(
         if addrs is None:
             raise CacheError("no update has run since the last seed: nothing counts as changed")
         wanted = [tuple(a) for a in addrs.tolist() if a[0] in levels]
+    elif tiles is not None:
+        wanted = [tuple(a) for a in tiles if a[0] in levels]
     layers = read_layers(project)
     extent = data_extent(layers) or project.scheme.extent
     scheme = project.cache_scheme
@@ -61,12 +75,15 @@ def write_tpkx(
     per_bundle: dict[tuple[int, int, int], dict[int, bytes]] = defaultdict(dict)
     n = 0
     with open_project_store(project, create=False) as store:
-        addrs_iter = wanted if changed_only else [a for lv in levels for a in store.iter_tiles(lv)]
-        tiles = store.get_many(addrs_iter)
-    for (lv, r, cc), data in tiles.items():
+        partial = changed_only or tiles is not None
+        addrs_iter = wanted if partial else [a for lv in levels for a in store.iter_tiles(lv)]
+        found = store.get_many(addrs_iter)
+    for (lv, r, cc), data in found.items():
         key = (lv, *bundle_origin(r, cc))
         per_bundle[key][record_index(r, cc)] = data
         n += 1
+    for key in bundles or ():
+        per_bundle.setdefault(key, {})
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr("iteminfo.json", json.dumps(_iteminfo(name, extent, scheme)))
@@ -82,7 +99,7 @@ def write_tpkx(
         "tiles": n,
         "bundles": len(per_bundle),
         "levels": sorted({k[0] for k in per_bundle}),
-        "changed_only": changed_only,
+        "changed_only": changed_only or tiles is not None,
     }
 
 

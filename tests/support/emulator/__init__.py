@@ -9,8 +9,9 @@ own Compact Cache V2, which its ``MapServer/tile`` endpoint serves. With
 token exchange, and items whose thumbnail, data and fields can be updated.
 
 It is test support, not part of the ``tiledelta`` package (a wheel does not carry it),
-and it uses only tiledelta's public API. What it emulates, what it does not, and its
-own service-definition packaging are described in ``docs/emulator.md``.
+and it uses only tiledelta's public API. What it emulates, what it does not, and the
+service definitions (7-Zip ``.sd``) and sign-in modes it accepts are described in
+``docs/emulator.md``.
 
 Modules:
 

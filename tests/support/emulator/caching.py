@@ -13,25 +13,63 @@ import numpy as np
 import pyproj
 import shapely
 
-from tiledelta.errors import SchemeError
+from tiledelta.errors import SchemeError, TileDeltaError
 from tiledelta.grid import (
     Bounds,
     TilingScheme,
     bundle_origin,
     covering_tiles,
     crs_from_spatial_reference,
+    grid_size,
     scheme_to_tile_info,
     tile_range,
 )
 from tiledelta.plan import full_plan
+from tiledelta.render import mapnik_installed
 from tiledelta.sources import read_layers
-from tiledelta.stores import open_project_store
+from tiledelta.stores import open_project_store, open_tpkx
 
 from .jobs import UPDATE_MODES
 from .model import WARNING, Job, JobCancelled, JobFailed, Service, rest_error
+from .standin import StandInRenderer
 
 #: Largest number of tiles one level of one cache job may cover (the emulator's own limit).
 MAX_TILES_PER_LEVEL = 4_000_000
+#: A service's ``AntialiasingMode`` (its MapServer ``documentInfo``) unless its
+#: ``serviceinfo.json`` sets ``antialiasing_mode``; "None" is off, the others on.
+DEFAULT_ANTIALIASING_MODE = "Normal"
+
+
+def antialiasing_mode(svc: Service) -> str:
+    """The service's ``AntialiasingMode``, as its MapServer JSON reports it."""
+    return str(svc.info().get("antialiasing_mode") or DEFAULT_ANTIALIASING_MODE)
+
+
+def supertile_expand(
+    scheme: TilingScheme, level: int, tiles: np.ndarray, antialiasing: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every tile of the supertiles that hold ``tiles``, and those supertiles.
+
+    As Esri documents for its caching tools: the map is drawn in supertiles of
+    2048 x 2048 px with antialiasing, 4096 x 4096 without, and a supertile the area
+    meets is drawn whole. Supertiles are counted from the scheme's origin and clipped
+    to the grid. Returns sorted (row, col) tiles and sorted (srow, scol) supertiles.
+    """
+    px = 2048 if antialiasing else 4096
+    nr, nc = max(1, px // scheme.tile_height), max(1, px // scheme.tile_width)
+    if not len(tiles):
+        return tiles, np.zeros((0, 2), dtype=np.int64)
+    sts = np.unique(np.column_stack([tiles[:, 0] // nr, tiles[:, 1] // nc]), axis=0)
+    size = grid_size(scheme, level)
+    out = []
+    for sr, sc in sts.tolist():
+        r1, c1 = sr * nr + nr, sc * nc + nc
+        if size is not None:
+            r1, c1 = min(r1, size[0]), min(c1, size[1])
+        rows, cols = np.meshgrid(np.arange(sr * nr, r1), np.arange(sc * nc, c1), indexing="ij")
+        out.append(np.column_stack([rows.ravel(), cols.ravel()]))
+    every = np.unique(np.concatenate(out), axis=0).astype(np.int64)
+    return every, sts.astype(np.int64)
 
 
 def esri_polygon(rings: list) -> shapely.Geometry:
@@ -265,10 +303,26 @@ class CachingMixin:
         )
         self._cache_jobs_run += 1
         meta = project.settings.metatile
-        selected = {lv: tiles_in_area(scheme, lv, area) for lv in levels}
+        # The area selects tiles; the server redraws every tile of their supertiles.
+        in_area = {lv: tiles_in_area(scheme, lv, area) for lv in levels}
+        antialiased = antialiasing_mode(svc) != "None"
+        selected, supertiles = {}, {}
+        for lv, rc in in_area.items():
+            selected[lv], supertiles[lv] = supertile_expand(scheme, lv, rc, antialiased)
+            if len(selected[lv]) > MAX_TILES_PER_LEVEL:
+                raise JobFailed(
+                    f"level {lv}: the area's supertiles hold {len(selected[lv]):,} tiles, more "
+                    f"than the emulator's limit of {MAX_TILES_PER_LEVEL:,} per level"
+                )
         total = sum(len(v) for v in selected.values())
         rec["tiles"] = sorted(
             (lv, int(r), int(c)) for lv, rc in selected.items() for r, c in rc.tolist()
+        )
+        rec["area_tiles"] = sorted(
+            (lv, int(r), int(c)) for lv, rc in in_area.items() for r, c in rc.tolist()
+        )
+        rec["supertiles"] = sorted(
+            (lv, int(r), int(c)) for lv, rc in supertiles.items() for r, c in rc.tolist()
         )
         written: list = rec["written"]
         deleted: list = rec["deleted"]
@@ -321,7 +375,12 @@ class CachingMixin:
                         if not todo:
                             results = []
                         elif (mrow, mcol) in reached.get(lv, ()):
-                            if renderer is None:
+                            if renderer is None and not mapnik_installed():
+                                # the no-Mapnik CI venv: flat stand-in tiles (standin.py)
+                                renderer = StandInRenderer(
+                                    project.scheme, layers, project.settings.buffer
+                                )
+                            elif renderer is None:
                                 # Mapnik stays optional: the renderer is imported only to draw.
                                 from tiledelta.render.renderer import Renderer
 
@@ -349,6 +408,10 @@ class CachingMixin:
                 if pending:
                     store.put_many(pending)
         job.message(
+            f"{sum(len(v) for v in supertiles.values()):,} supertiles of "
+            f"{2048 if antialiased else 4096} px drawn"
+        )
+        job.message(
             f"{total:,} tiles in the area: {len(written):,} written, {len(deleted):,} deleted, "
             f"{len(unchanged):,} unchanged, {len(blank):,} blank"
         )
@@ -357,7 +420,80 @@ class CachingMixin:
             "written": len(written),
             "deleted": len(deleted),
             "unchanged": len(unchanged),
+            "supertiles": sum(len(v) for v in supertiles.values()),
         }
+
+    # -- Import Map Server Cache -------------------------------------------------------------
+    def _import_cache_job(self, job: Job, params: dict[str, str]) -> None:
+        svc = self._service_from_url(params.get("service_url", ""))
+        with self._service_lock(svc.key):
+            self._begin(job)
+            self._import_cache_work(job, svc, params)
+
+    def _import_cache_work(self, job: Job, svc: Service, params: dict[str, str]) -> None:
+        """Tiles of an uploaded tile package into the service's cache, at the given scales,
+        inside the area (``area_of_interest``, else ``import_extent``); ``OVERWRITE``
+        replaces stored tiles. ``MERGE`` blends images on ArcGIS: not emulated (fails)."""
+        kind = (params.get("source_cache_type") or "").strip().upper()
+        if kind != "TILE_PACKAGE":
+            raise JobFailed(
+                f"source_cache_type {kind or '(none)'}: the emulator imports TILE_PACKAGE"
+            )
+        mode = (params.get("overwrite") or "MERGE").strip().upper()
+        if mode not in ("OVERWRITE", "TRUE"):
+            raise JobFailed(f"overwrite {mode}: the emulator does not blend images (use OVERWRITE)")
+        try:
+            ref = json.loads(params.get("source_tile_package") or "{}")
+        except ValueError:
+            ref = {}
+        item = str(ref.get("itemID") or "") if isinstance(ref, dict) else ""
+        folder = self.root / "uploads" / item
+        meta = folder / "item.json"
+        if not item or not meta.is_file():
+            raise JobFailed(f"source_tile_package: upload item {item or '(none)'} not found")
+        info = json.loads(meta.read_text("utf-8"))
+        if not info.get("committed"):
+            raise JobFailed(f"source_tile_package: upload item {item} is not committed")
+        project = self._project(svc)
+        scheme = project.cache_scheme
+        levels, scales = self._levels(scheme, params.get("levels", ""))
+        ext = svc.info().get("extent")
+        area_params = {
+            "area_of_interest": params.get("area_of_interest", ""),
+            "constraining_extent": params.get("import_extent", ""),
+        }
+        area, source = self._area(
+            job,
+            scheme_to_tile_info(scheme)["spatialReference"],
+            area_params,
+            Bounds(*ext) if ext else None,
+        )
+        try:
+            pkg = open_tpkx(folder / info["itemName"])
+        except TileDeltaError as exc:
+            raise JobFailed(f"source_tile_package: {exc}") from None
+        rec = job.record
+        rec.update(service=svc.key, levels=levels, scales=scales, item=item, written=[], outside=[])
+        with pkg, open_project_store(project, create=True) as store:
+            if not scheme.same_grid(pkg.scheme):
+                raise JobFailed("The tile package's tiling scheme does not match the service's.")
+            for lv in levels:
+                inside = {tuple(rc) for rc in tiles_in_area(scheme, lv, area).tolist()}
+                writes = []
+                for _lv, r, c in pkg.iter_tiles(lv):
+                    if (r, c) not in inside:
+                        rec["outside"].append((lv, r, c))
+                        continue
+                    data = pkg.get(lv, r, c)
+                    if data is not None:
+                        writes.append((lv, r, c, data))
+                        rec["written"].append((lv, r, c))
+                store.put_many(writes)
+                self._checkpoint(job)
+        job.message(
+            f"Imported {len(rec['written']):,} tiles of upload {item} into {svc.key}.MapServer "
+            f"over the {source} ({len(rec['outside']):,} outside it were left out)."
+        )
 
     # -- ReportCacheStatus ------------------------------------------------------------------
     def _report_cache_status(self, params: dict[str, str]) -> dict:

@@ -20,6 +20,7 @@ from .model import (
     EXECUTING,
     FAILED,
     INFO,
+    INJECTABLE_ENDS,
     JOB_DONE,
     SECRET_PARAMS,
     SUBMITTED,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TASK = "Publish Service Definition"
 CACHE_TASK = "Manage Map Cache Tiles"
+IMPORT_TASK = "Import Map Server Cache"
 REPORT_TASK = "ReportCacheStatus"
 CACHE_SERVICES = ("CachingControllers", "CachingTools")
 UPDATE_MODES = ("RECREATE_ALL_TILES", "RECREATE_EMPTY_TILES", "DELETE_TILES")
@@ -103,6 +105,38 @@ GP_TASKS: dict[str, dict[str, tuple[str, list[dict]]]] = {
         }
         for svc in CACHE_SERVICES
     },
+    "CachingTools": {
+        **{CACHE_TASK: None},  # filled in below (the same task as CachingControllers')
+        IMPORT_TASK: (
+            "esriExecutionTypeAsynchronous",
+            [
+                _param("service_url", "GPString", "Input Map Service URL", True),
+                _param(
+                    "source_cache_type",
+                    "GPString",
+                    "Source Cache Type",
+                    True,
+                    "TILE_PACKAGE",
+                    choiceList=["CACHE_DATASET", "TILE_PACKAGE"],
+                ),
+                _param("source_cache_dataset", "GPString", "Source Cache Dataset", False),
+                _param("source_tile_package", "GPDataFile", "Source Tile Package", False),
+                _param("upload_data_to_server", "GPString", "Upload data to server", False),
+                _param("levels", "GPString", "Scales", True),
+                _param("thread_count", "GPLong", "Number of caching service instances", False),
+                _param("area_of_interest", "GPFeatureRecordSetLayer", "Area of Interest", False),
+                _param("import_extent", "GPString", "Import Extent", False, "DEFAULT"),
+                _param(
+                    "overwrite",
+                    "GPString",
+                    "Overwrite Tiles",
+                    False,
+                    "MERGE",
+                    choiceList=["MERGE", "OVERWRITE"],
+                ),
+            ],
+        ),
+    },
     "ReportingTools": {
         REPORT_TASK: (
             "esriExecutionTypeSynchronous",
@@ -134,6 +168,8 @@ class JobsMixin:
         if len(where) != 2 or where[0] != "System" or where[1] not in GP_TASKS:
             return json_response(rest_error(404, "Service not found", ["/".join(where)]), p)
         gp = where[1]
+        if gp == "CachingControllers" and self.faults.no_caching_controllers:
+            return json_response(rest_error(404, "Service not found", ["System/" + gp]), p)
         tasks = GP_TASKS[gp]
         if not rest:
             kinds = {v[0] for v in tasks.values()}
@@ -150,6 +186,8 @@ class JobsMixin:
             )
         if rest[0] == "jobs":
             return self._job_resource(req, gp, None, rest[1:])
+        if rest[0] == "uploads" and gp == "CachingTools":
+            return self._gp_uploads(req, rest[1:])  # type: ignore[attr-defined]
         task = rest[0]
         if task not in tasks:
             return json_response(
@@ -202,6 +240,7 @@ class JobsMixin:
         if job is None or job.service != gp or (task is not None and job.task != task):
             return json_response(rest_error(400, "Job not found", [rest[0] if rest else ""]), p)
         if len(rest) == 1:
+            job.messages_asked = req.params.get("returnMessages", "").lower() == "true"
             return json_response(job.info(), p)
         if rest[1:] == ["cancel"]:
             with self._lock:
@@ -224,7 +263,9 @@ class JobsMixin:
             inject = self.faults.fail_next_jobs > 0
             if inject:
                 self.faults.fail_next_jobs -= 1
+            end = self.faults.end_next_jobs.pop(0) if self.faults.end_next_jobs else None
             job = Job(
+                inject_end=end,
                 id="j" + uuid.uuid4().hex,
                 service=gp,
                 task=task,
@@ -235,14 +276,42 @@ class JobsMixin:
             self.jobs[job.id] = job
         job.message(f"Submitted. ({task}, tiledelta emulator)")
         job.submit_info = {"jobId": job.id, "jobStatus": SUBMITTED}
-        work = self._publish_job if task == PUBLISH_TASK else self._cache_job
+        work = {PUBLISH_TASK: self._publish_job, IMPORT_TASK: self._import_cache_job}.get(
+            task, self._cache_job
+        )
         args = {k: v for k, v in params.items() if k.lower() not in SECRET_PARAMS}
         threading.Thread(
             target=self._run_job, args=(job, work, args), name=f"job-{job.id[:9]}", daemon=True
         ).start()
         return job
 
+    def _run_injected(self, job: Job) -> None:
+        """A job that ends as ``Faults.end_next_jobs`` said, without doing its work."""
+        state = job.inject_end or SUCCEEDED
+        with self._lock:
+            job.status = EXECUTING
+            job.message("Executing...")
+        time.sleep(0.05)
+        with self._lock:
+            for text in INJECTABLE_ENDS.get(state, [f"Unknown state {state} (injected)."]):
+                job.message(text, ERROR if "ERROR" in text else WARNING)
+            job.status = state
+        if state == CANCELLING:
+            wait = float(self.faults.cancelling_seconds)
+            job.cancel_event.wait(None if wait < 0 else wait)
+            with self._lock:
+                job.status = CANCELLED
+                job.message("Cancelled.", WARNING)
+        elif state not in JOB_DONE and state != "esriJobDeleting":
+            job.cancel_event.wait()  # an unknown state: it stays until the emulator stops
+        job.finished = time.time()
+        self._save_job(job)
+        job.done.set()
+
     def _run_job(self, job: Job, work, params: dict[str, str]) -> None:
+        if job.inject_end not in (None, SUCCEEDED):
+            self._run_injected(job)
+            return
         t0 = time.perf_counter()
         end: tuple[str, list[tuple[str, str]]]
         try:
@@ -336,3 +405,6 @@ class JobsMixin:
                 }
             ],
         }
+
+
+GP_TASKS["CachingTools"][CACHE_TASK] = GP_TASKS["CachingControllers"][CACHE_TASK]

@@ -10,6 +10,7 @@ from typing import Any
 from tiledelta.errors import TileDeltaError
 from tiledelta.grid import BUNDLE_PACKET, scheme_meters_per_unit, scheme_to_tile_info, tile_format
 
+from .caching import antialiasing_mode
 from .jobs import GP_TASKS
 from .model import (
     CURRENT_VERSION,
@@ -39,7 +40,12 @@ class MapServerMixin:
             listed = [{"name": s.name, "type": "MapServer"} for s in services if not s.folder]
             return {"currentVersion": CURRENT_VERSION, "folders": folders, "services": listed}
         if folder == "System":
-            listed = [{"name": f"System/{n}", "type": "GPServer"} for n in sorted(GP_TASKS)]
+            hidden = {"CachingControllers"} if self.faults.no_caching_controllers else set()
+            listed = [
+                {"name": f"System/{n}", "type": "GPServer"}
+                for n in sorted(GP_TASKS)
+                if n not in hidden
+            ]
         elif folder == "Utilities":
             listed = []
         else:
@@ -121,6 +127,16 @@ class MapServerMixin:
             "mapName": svc.name,
             "description": meta.get("description", ""),
             "copyrightText": "",
+            "documentInfo": {
+                "Title": svc.name,
+                "Author": "",
+                "Comments": "",
+                "Subject": "",
+                "Category": "",
+                "AntialiasingMode": antialiasing_mode(svc),
+                "TextAntialiasingMode": "Force",
+                "Keywords": "",
+            },
             "supportsDynamicLayers": False,
             "layers": [
                 {

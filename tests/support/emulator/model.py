@@ -13,7 +13,7 @@ from typing import Any
 CURRENT_VERSION = 11.1
 REDACTED = "***"
 #: Request parameters whose values never reach the request log.
-SECRET_PARAMS = frozenset({"token", "password"})
+SECRET_PARAMS = frozenset({"token", "password", "client_secret", "access_token"})
 ROOT_FOLDER_DIR = "@root"  # services without a folder (not a valid ArcGIS folder name)
 RESERVED_FOLDERS = frozenset({"System", "Utilities"})
 #: A service's compact cache, inside its project folder (publishing sets the project so).
@@ -29,7 +29,32 @@ SUCCEEDED = "esriJobSucceeded"
 FAILED = "esriJobFailed"
 CANCELLING = "esriJobCancelling"
 CANCELLED = "esriJobCancelled"
-JOB_DONE = frozenset({SUCCEEDED, FAILED, CANCELLED})
+TIMED_OUT = "esriJobTimedOut"
+DELETING = "esriJobDeleting"
+DELETED = "esriJobDeleted"
+EXPECTED_FAILURE = "expectedFailure"
+JOB_DONE = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DELETED, EXPECTED_FAILURE})
+#: States a job can be made to end in (``Faults.end_next_jobs``), each with the messages a
+#: server gives with it; any other string is reported as it is, forever (an unknown state).
+INJECTABLE_ENDS = {
+    SUCCEEDED: [],
+    FAILED: ["ERROR 999999: Injected failure (emulator fault end_next_jobs)."],
+    TIMED_OUT: ["The job exceeded the service's maximum time a client can use (injected)."],
+    CANCELLED: ["Cancelled (injected)."],
+    CANCELLING: ["Cancelling (injected)."],
+    DELETING: ["The job is being deleted (injected)."],
+    DELETED: ["The job was deleted (injected)."],
+    EXPECTED_FAILURE: ["ERROR 000000: Expected failure (injected)."],
+}
+ADMINISTRATOR = "administrator"
+PUBLISHER = "publisher"
+ROLES = (ADMINISTRATOR, PUBLISHER)
+#: Single-request limits: a portal takes about 25 MB in one request (bigger files go in
+#: parts); the server's own upload limit is the emulator's choice (see docs/emulator.md).
+PORTAL_MAX_REQUEST_BYTES = 25 * 1024 * 1024
+ADMIN_MAX_REQUEST_BYTES = 25 * 1024 * 1024
+#: A portal's addPart takes parts of at least 5 MB, except the last.
+MIN_PART_BYTES = 5 * 1024 * 1024
 INFO = "esriJobMessageTypeInformative"
 WARNING = "esriJobMessageTypeWarning"
 ERROR = "esriJobMessageTypeError"
@@ -55,6 +80,18 @@ class Faults:
     busy_instances: int = 1
     #: Every token presented is rejected with 498 (as after a server restart or key change).
     reject_tokens: bool = False
+    #: The next submitted jobs end in these states, one per job, in order (see
+    #: ``INJECTABLE_ENDS``); ``esriJobCancelling`` stays so for ``cancelling_seconds``
+    #: (-1: for ever) and then becomes ``esriJobCancelled``; an unknown string stays.
+    end_next_jobs: list[str] = field(default_factory=list)
+    cancelling_seconds: float = 0.5
+    #: The site has no ``System/CachingControllers`` (older sites: CachingTools only).
+    no_caching_controllers: bool = False
+    #: The next N admin POSTs whose token is in a header are refused with 498 (the
+    #: Administrator API wants POST tokens in the form body).
+    admin_header_token_498: int = 0
+    #: The next N multipart parts (uploadPart / addPart) fail with an error JSON.
+    fail_next_parts: int = 0
 
 
 @dataclass
@@ -95,6 +132,9 @@ class Job:
     submitted: float = 0.0
     finished: float | None = None
     inject_failure: bool = False
+    inject_end: str | None = None  # the state Faults.end_next_jobs gave this job
+    #: whether the last status request asked for messages (returnMessages=true)
+    messages_asked: bool = False
     submit_info: dict[str, Any] = field(default_factory=dict, repr=False)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -23,6 +23,7 @@ from .model import (
     rest_error,
     safe_filename,
 )
+from .multipart import PARTS_DIR
 
 #: Item fields an ``update`` call sets on the emulated portal item (others are recorded only).
 PORTAL_ITEM_FIELDS = frozenset(
@@ -188,16 +189,39 @@ class PortalMixin:
             return json_response(rest_error(499, "Token Required."), p)
         if denied == 498:
             return json_response(rest_error(498, "Invalid token."), p)
-        # content/users/<user>/items/<id>[/update]
+        # content/users/<user>/addItem
+        if len(seg) == 4 and seg[:2] == ["content", "users"] and seg[3] == "addItem":
+            if req.method != "POST":
+                return json_response(rest_error(405, "addItem takes POST only."), p)
+            if seg[2] != self.username:
+                return json_response(
+                    rest_error(403, "You do not have permissions to add items."), p
+                )
+            return json_response(self._portal_add_item_rest(req), p)
+        # content/users/<user>/items/<id>[/update | /addPart | /commit | /status | /delete]
         if len(seg) in (5, 6) and seg[:2] == ["content", "users"] and seg[3] == "items":
             user, item_id, op = seg[2], seg[4], seg[5:]
             it, err = self._portal_lookup(item_id, user)
             if err is not None:
                 return json_response(err, p)
+            if op and op[0] in ("update", "addPart", "commit", "delete") and req.method != "POST":
+                return json_response(rest_error(405, f"{op[0]} takes POST only."), p)
             if op == ["update"]:
-                if req.method != "POST":
-                    return json_response(rest_error(405, "update takes POST only."), p)
                 return json_response(self._portal_update(req, it), p)
+            if op == ["addPart"]:
+                return json_response(self._portal_add_part(req, it.path, it.info()), p)
+            if op == ["commit"]:
+                return json_response(self._portal_commit_item(req, it), p)
+            if op == ["status"]:
+                item = it.info()
+                return json_response(
+                    {"itemId": it.id, "status": item.get("uploadStatus") or "completed"}, p
+                )
+            if op == ["delete"]:
+                with self._lock:
+                    self.portal_items.pop(it.id, None)
+                shutil.rmtree(it.path, ignore_errors=True)
+                return json_response({"success": True, "itemId": it.id}, p)
             if not op:
                 sharing = {"access": "private", "groups": []}
                 return json_response({"item": it.info(), "sharing": sharing}, p)
@@ -272,6 +296,54 @@ class PortalMixin:
             portal_tok = self._portal_tokens[req.token]
         return self._issue_token(req, self._tokens, fail, inherit=portal_tok)
 
+    def _portal_add_item_rest(self, req: Request) -> dict:
+        """``addItem``: a file in one request, or ``multipart=true`` + ``filename`` (parts
+        follow with ``addPart`` and ``commit``)."""
+        params = req.params
+        multipart = params.get("multipart", "").lower() == "true"
+        if not params.get("type") or not params.get("title"):
+            return rest_error(400, "Unable to add item.", ["type and title are required."])
+        if multipart and not params.get("filename"):
+            return rest_error(400, "Unable to add item.", ["multipart needs filename."])
+        if not multipart and "file" not in req.files:
+            return rest_error(400, "Unable to add item.", ["No file (or multipart=true) given."])
+        item_id = self.portal_add_item(self.username, params["type"], params["title"])
+        it = self.portal_items[item_id]
+        answer = self._portal_update(req, it)
+        if answer.get("success"):
+            return {"success": True, "id": item_id, "folder": ""}
+        shutil.rmtree(it.path, ignore_errors=True)
+        self.portal_items.pop(item_id, None)
+        return answer
+
+    def _portal_commit_item(self, req: Request, it: PortalItem) -> dict:
+        item = it.info()
+        answer, data = self._portal_commit(it.path, item)
+        if data is None:
+            return answer
+        for key, value in redact(req.params).items():
+            if key in PORTAL_ITEM_FIELDS:
+                item[key] = (
+                    [v.strip() for v in value.split(",") if v.strip()]
+                    if key in LIST_FIELDS
+                    else value
+                )
+        item["name"], item["size"] = data["name"], data["size"]
+        item["uploadStatus"] = "completed"
+        item.pop("pendingFilename", None)
+        item["modified"] = self._now_ms()
+        it.save(item)
+        with self._lock:
+            it.updates.append(
+                {
+                    "time": self._now_ms(),
+                    "fields": {"commit": "true"},
+                    "thumbnail": None,
+                    "file": data,
+                }
+            )
+        return answer
+
     def _portal_update(self, req: Request, it: PortalItem) -> dict:
         item = it.info()
         record: dict[str, Any] = {
@@ -301,7 +373,13 @@ class PortalMixin:
             (folder / name).write_bytes(data)
             item["thumbnail"] = f"thumbnail/{name}"
             record["thumbnail"] = {"name": name, "size": len(data)}
-        if "file" in req.files:
+        if req.params.get("multipart", "").lower() == "true":
+            if not req.params.get("filename"):
+                return rest_error(400, "Unable to update item.", ["multipart needs filename."])
+            shutil.rmtree(it.path / PARTS_DIR, ignore_errors=True)
+            item["uploadStatus"] = "partial"
+            item["pendingFilename"] = req.params["filename"]
+        elif "file" in req.files:
             fname, data = req.files["file"]
             name = safe_filename(fname or "data.bin")
             folder = it.path / "data"

@@ -23,12 +23,18 @@ from tiledelta.project import PROJECT_FILE, Project
 from tiledelta.stores import CompactCache, read_compact_cache
 
 from .caching import CachingMixin
+from .hosted import HostedMixin
 from .jobs import JobsMixin
 from .mapserver import MapServerMixin
 from .model import (
+    ADMIN_MAX_REQUEST_BYTES,
+    ADMINISTRATOR,
     CURRENT_VERSION,
     JOB_DONE,
+    MIN_PART_BYTES,
     NAME_RE,
+    PORTAL_MAX_REQUEST_BYTES,
+    ROLES,
     ROOT_FOLDER_DIR,
     UPLOAD_ID_RE,
     Faults,
@@ -44,6 +50,7 @@ from .model import (
     redact,
     rest_error,
 )
+from .multipart import MultipartMixin
 from .portal import PortalItem, PortalMixin, load_portal_items
 from .publishing import PublishingMixin
 from .tokens import TokensMixin
@@ -51,7 +58,16 @@ from .tokens import TokensMixin
 log = logging.getLogger(__name__)
 
 
-class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMixin, CachingMixin):
+class Emulator(
+    TokensMixin,
+    PortalMixin,
+    MapServerMixin,
+    JobsMixin,
+    PublishingMixin,
+    CachingMixin,
+    MultipartMixin,
+    HostedMixin,
+):
     """An ArcGIS Server site on ``host:port`` whose state lives under ``root``.
 
     ``root/services/<Folder>/<Name>/`` holds each service (a tiledelta project and its
@@ -74,9 +90,23 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
         faults: Faults | None = None,
         portal: bool = False,
         portal_site: str = "portal",
+        role: str = ADMINISTRATOR,
+        portal_max_request_bytes: int = PORTAL_MAX_REQUEST_BYTES,
+        admin_max_request_bytes: int = ADMIN_MAX_REQUEST_BYTES,
+        min_part_bytes: int = MIN_PART_BYTES,
     ) -> None:
         if not username or not password:
             raise ValueError("the emulator needs a username and a password")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        #: The user's role: an administrator may do everything; a publisher may upload
+        #: and publish but not read the admin statistics or list every upload.
+        self.role = role
+        #: Requests with a bigger body are refused with HTTP 413, as a web adaptor does.
+        self.portal_max_request_bytes = portal_max_request_bytes
+        self.admin_max_request_bytes = admin_max_request_bytes
+        #: Parts (all but the last) of a portal multipart upload must be this big.
+        self.min_part_bytes = min_part_bytes
         if portal and portal_site.strip("/") == site.strip("/"):
             raise ValueError("the portal and the server need different site names")
         self.root = Path(root).resolve()
@@ -105,7 +135,7 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
         self._thread: threading.Thread | None = None
         self._started = time.time()
         self._cache_jobs_run = 0
-        for sub in ("services", "uploads", "jobs"):
+        for sub in ("services", "uploads", "jobs", "hosted"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if portal:
             self.portal_items.update(load_portal_items(self.root))
@@ -233,9 +263,26 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
                 return True
         return False
 
+    def _request_limit(self, path: str) -> int | None:
+        """The single-request limit for ``path`` (portal or admin uploads), or None."""
+        seg = [s for s in unquote(path).split("/") if s]
+        if self.portal and seg[:1] == [self.portal_site]:
+            return self.portal_max_request_bytes
+        if seg[:3] == [self.site, "admin", "uploads"] or "uploads" in seg[3:]:
+            return self.admin_max_request_bytes  # the server's and its GP services' uploads
+        return None
+
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         split = urlsplit(h.path)
         body = read_body(h)
+        limit = self._request_limit(split.path)
+        if limit is not None and len(body) > limit:
+            rec = RequestRecord(method, unquote(split.path), {}, None, 413, time.time())
+            with self._lock:
+                self.requests.append(rec)
+            text = f"<html><body><h1>413 Request Entity Too Large</h1>limit {limit} bytes"
+            write_response(h, Response(413, text.encode(), "text/html; charset=utf-8"))
+            return
         params = dict(parse_qsl(split.query, keep_blank_values=True))
         files: dict[str, tuple[str, bytes]] = {}
         ctype = h.headers.get("Content-Type", "")
@@ -308,6 +355,8 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
             return json_response(self._rest_info(), req.pretty)
         if seg[:1] == ["admin"]:
             return self._admin(req, seg[1:])
+        if seg[:3] == ["rest", "admin", "services"]:
+            return self._hosted_admin(req, seg[3:])
         if seg[:2] == ["rest", "services"]:
             return self._rest(req, seg[2:])
         return json_response(rest_error(404, "Not found", [req.path]), status=404)
@@ -336,6 +385,8 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
             return json_response(rest_error(498, "Invalid Token"), req.pretty)
         if "MapServer" in seg:
             i = seg.index("MapServer")
+            if seg[:1] == ["Hosted"] and i == 2 and self._hosted_layer(seg[1]) is not None:
+                return self._hosted_mapserver(req, seg[1], seg[i + 1 :])
             return self._mapserver(req, seg[:i], seg[i + 1 :])
         if "GPServer" in seg:
             i = seg.index("GPServer")
@@ -357,6 +408,21 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
             return json_response(admin_error(499, ["Token Required."]), p)
         if denied == 498:
             return json_response(admin_error(498, ["Invalid token."]), p)
+        if req.method == "POST" and req.token_via == "header":
+            with self._lock:
+                refuse = self.faults.admin_header_token_498 > 0
+                if refuse:
+                    self.faults.admin_header_token_498 -= 1
+            if refuse:
+                return json_response(admin_error(498, ["Invalid token."]), p)
+        admin_only = seg == ["uploads"] or seg[:2] == ["services", "System"]
+        if admin_only and self.role != ADMINISTRATOR:
+            msg = f"User '{self.username}' ({self.role}) is not authorized to access {req.path}."
+            return json_response(admin_error(403, [msg]), p)
+        if seg == ["uploads", "register"]:
+            if req.method != "POST":
+                return json_response(admin_error(405, ["register takes POST only."]), p)
+            return json_response(self._register_upload(req), p)
         if seg == ["uploads", "upload"]:
             if req.method != "POST":
                 return json_response(admin_error(405, ["uploads/upload takes POST only."]), p)
@@ -368,6 +434,12 @@ class Emulator(TokensMixin, PortalMixin, MapServerMixin, JobsMixin, PublishingMi
                 return json_response(admin_error(404, [f"Item {seg[1]} not found."]), p)
             if len(seg) == 2:
                 return json_response(json.loads(meta.read_text("utf-8")), p)
+            if seg[2:] == ["parts"]:
+                return json_response(self._upload_parts(folder), p)
+            if seg[2:] == ["uploadPart"] and req.method == "POST":
+                return json_response(self._upload_part(req, folder), p)
+            if seg[2:] == ["commit"] and req.method == "POST":
+                return json_response(self._commit_upload(req, folder), p)
             if seg[2:] == ["delete"] and req.method == "POST":
                 shutil.rmtree(folder, ignore_errors=True)
                 return json_response({"status": "success"}, p)

@@ -12,6 +12,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,25 +22,35 @@ import shapely
 
 from tiledelta import config
 from tiledelta.build import BuildOutcome, RunContext
-from tiledelta.change import Changes, detect_changes, esri_feature_set
+from tiledelta.change import Changes, detect_changes, esri_feature_set, write_aoi
 from tiledelta.config import ArcGISConfig
 from tiledelta.grid import (
     TilingScheme,
-    metatile_bounds,
     metatiles_for_boxes,
     query_pad,
     scheme_from_tile_info,
 )
-from tiledelta.plan import visible_levels
+from tiledelta.grid.supertiles import (
+    SUPERTILE_PX_ANTIALIASED,
+    drawing_grid,
+    service_antialiasing,
+    supertile_bounds,
+    supertile_px,
+    supertile_span,
+    supertile_tile_count,
+    supertiles_of_tiles,
+)
+from tiledelta.plan import restyled_visibility, visible_levels
 from tiledelta.project import Project
-from tiledelta.publish.arcgis.client import ArcGISClient, ArcGISError, load_credentials
+from tiledelta.publish.arcgis.client import ArcGISClient, ArcGISError, load_sign_in
 from tiledelta.runs import run
 from tiledelta.sources import LayerData, read_layers
 
 log = logging.getLogger(__name__)
 TARGET = "arcgis"
-#: Tiles are shrunk by this share of their size before they become the area of
-#: interest, so the server's intersection test does not pick up their neighbours.
+#: The union of the supertiles to redraw is shrunk by this share of a tile before it
+#: becomes the area of interest, so the server's intersection test does not pick up
+#: the neighbouring supertiles (1 % of a 256-pixel tile is 2.56 px, far above rounding).
 SHRINK = 0.01
 
 
@@ -63,18 +75,20 @@ def tls_verify(project: Project) -> bool | str:
 
 
 def connect(project: Project, warn: Callable[[str], None] | None = None) -> ArcGISClient:
-    """A client for the project's server, with credentials from the environment or .env."""
+    """A client for the project's server, signed in as :func:`load_sign_in` finds (Pro's
+    sign-in, the environment or .env)."""
     cfg = arcgis_config(project)
-    user, password = load_credentials(project.root)
+    way = load_sign_in(project.root, cfg.portal)
     verify = tls_verify(project)
     return ArcGISClient(
         cfg.server,
-        user,
-        password,
+        way.username,
+        way.password,
         portal=cfg.portal,
         verify=verify,
         token_minutes=cfg.token_minutes,
         warn=warn,
+        sign_in=way,
     )
 
 
@@ -92,23 +106,72 @@ def service_scheme(info: dict, service: str) -> TilingScheme:
     return scheme_from_tile_info(info, name=service)
 
 
-def level_areas(
+@dataclass(frozen=True)
+class LevelWork:
+    """What ArcGIS Server redraws at one level: the supertiles of the dirty tiles."""
+
+    dirty_tiles: np.ndarray  # (row, col) of the tiles whose picture can change
+    supertiles: np.ndarray  # (srow, scol) of the supertiles holding them
+    tiles: int  # tiles the server redraws: every tile of those supertiles in the grid
+    area: shapely.Geometry  # the area of interest sent for the level
+
+
+@dataclass(frozen=True)
+class Supertiles:
+    """The supertile size used for a service, and where it came from."""
+
+    px: int
+    span: tuple[int, int]  # tiles per supertile (rows, cols)
+    source: str
+
+
+def service_supertiles(cfg: ArcGISConfig, info: dict, scheme: TilingScheme) -> Supertiles:
+    """``[arcgis] supertile``, else the service's antialiasing, else 2048 px (assumed)."""
+    if cfg.supertile != "auto":
+        px, source = int(cfg.supertile), "[arcgis] supertile"
+    else:
+        aa = service_antialiasing(info)
+        if aa is None:
+            px = SUPERTILE_PX_ANTIALIASED
+            source = "assumed (the service JSON gives no documentInfo.AntialiasingMode)"
+        else:
+            px = supertile_px(aa)
+            mode = info["documentInfo"]["AntialiasingMode"]
+            source = f"the service's documentInfo.AntialiasingMode ({mode})"
+    return Supertiles(px, supertile_span(scheme, px), source)
+
+
+def server_work(
     project: Project,
     scheme: TilingScheme,
     boxes_by_layer: dict[str, np.ndarray],
     levels: list[int],
-) -> dict[int, object]:
-    """Per level, the union of the tiles whose picture can change (shapely geometry).
+    supertiles: Supertiles,
+    changes: Changes | None = None,
+) -> dict[int, LevelWork]:
+    """Per level, the tiles whose picture can change, their supertiles and the area of
+    interest that makes the server redraw exactly those supertiles. Layers ``changes``
+    says were restyled count at the levels and with the reach they had or have.
 
-    Boxes are in the project's scheme CRS and are transformed to the service's.
+    Boxes are in the project's scheme CRS and are transformed to the service's. A tile
+    is dirty when its extent grown by the layer's buffer meets a box, on a level where
+    the layer draws. The area is the union of the supertiles (clipped to the grid),
+    shrunk by :data:`SHRINK` of a tile: every point of it lies that far inside the
+    chosen supertiles, so it meets no neighbouring supertile, and it still covers
+    98 % of every tile of them. Supertiles are clipped to the tiling grid
+    (:func:`~tiledelta.grid.supertiles.drawing_grid`), not to the service's full extent.
     """
     src = pyproj.CRS.from_user_input(project.scheme.crs)
     dst = pyproj.CRS.from_user_input(scheme.crs)
     tr = None if src.equals(dst) else pyproj.Transformer.from_crs(src, dst, always_xy=True)
     vis = visible_levels(project.style, project.scheme, levels)
+    buffers: dict[str, int] = {}
+    if changes is not None:
+        vis, buffers = restyled_visibility(vis, changes)
     buffer_px = project.settings.buffer
-    meta = project.settings.metatile
-    out: dict[int, object] = {}
+    span = supertiles.span
+    grid = drawing_grid(scheme)
+    out: dict[int, LevelWork] = {}
     for level in levels:
         parts = []
         for name, boxes in boxes_by_layer.items():
@@ -119,20 +182,98 @@ def level_areas(
                 b = np.array(
                     [tr.transform_bounds(x0, y0, x1, y1, densify_pts=11) for x0, y0, x1, y1 in b]
                 )
-            lyr_buffer = project.style.layer(name).buffer_size
+            # a restyled layer: the larger of its old and new reach (it may be gone)
+            if name in buffers:
+                lyr_buffer: int | None = buffers[name]
+            else:
+                lyr_buffer = project.style.layer(name).buffer_size
             pad = query_pad(scheme, level, buffer_px if lyr_buffer is None else lyr_buffer)
-            # Whole meta-tiles: a label moved anywhere in a meta-tile can change its
-            # other tiles too, so the area covers what the dirty plan re-renders.
-            mts = metatiles_for_boxes(scheme, level, b, pad, meta)
-            inset = SHRINK * scheme.tile_width * scheme.resolution(level)
-            for mrow, mcol in mts.tolist():
-                t = metatile_bounds(scheme, level, mrow, mcol, meta)
-                parts.append(
-                    shapely.box(t.xmin + inset, t.ymin + inset, t.xmax - inset, t.ymax - inset)
-                )
-        if parts:
-            out[level] = shapely.union_all(parts)
+            # Single tiles (meta-tiles of 1): the server's drawing unit is its supertile,
+            # not tiledelta's meta-tile, so only the tiles themselves are kept.
+            parts.append(metatiles_for_boxes(scheme, level, b, pad, 1))
+        if not parts:
+            continue
+        dirty = np.unique(np.concatenate(parts), axis=0).reshape(-1, 2)
+        if not len(dirty):
+            continue
+        sts = supertiles_of_tiles(dirty, span)
+        rects = [
+            shapely.box(*supertile_bounds(grid, level, sr, sc, span)) for sr, sc in sts.tolist()
+        ]
+        inset = SHRINK * min(scheme.tile_width, scheme.tile_height) * scheme.resolution(level)
+        area = shapely.union_all(rects).buffer(-inset, join_style="mitre")
+        out[level] = LevelWork(
+            dirty_tiles=dirty,
+            supertiles=sts,
+            tiles=supertile_tile_count(grid, level, sts, span),
+            area=area,
+        )
     return out
+
+
+def level_areas(
+    project: Project,
+    scheme: TilingScheme,
+    boxes_by_layer: dict[str, np.ndarray],
+    levels: list[int],
+    supertiles: Supertiles | None = None,
+) -> dict[int, object]:
+    """Per level, the area of interest (shapely geometry) of :func:`server_work`."""
+    st = supertiles or Supertiles(
+        SUPERTILE_PX_ANTIALIASED, supertile_span(scheme, SUPERTILE_PX_ANTIALIASED), "default"
+    )
+    return {
+        lv: w.area for lv, w in server_work(project, scheme, boxes_by_layer, levels, st).items()
+    }
+
+
+def work_summary(scheme: TilingScheme, work: dict[int, LevelWork], levels: list[int]) -> dict:
+    """Per level and in total: tiles found dirty, supertiles and tiles the server redraws."""
+    per_level = {
+        str(lv): {
+            "scale": scheme.lod(lv).scale,
+            "dirty_tiles": len(work[lv].dirty_tiles) if lv in work else 0,
+            "supertiles": len(work[lv].supertiles) if lv in work else 0,
+            "tiles": work[lv].tiles if lv in work else 0,
+        }
+        for lv in levels
+    }
+    return {
+        "levels": per_level,
+        "dirty_tiles": sum(d["dirty_tiles"] for d in per_level.values()),
+        "supertiles": sum(d["supertiles"] for d in per_level.values()),
+        "tiles": sum(d["tiles"] for d in per_level.values()),
+    }
+
+
+def plan_server(project: Project, aoi: Path | None = None) -> dict[str, Any]:
+    """What ``update --target arcgis`` would send, and what the server would redraw.
+
+    Reads the service's JSON (its tiling scheme and antialiasing) and detects changes
+    against the arcgis snapshot; sends no job. With ``aoi``, writes the dirty area
+    there (as ``plan --aoi``).
+    """
+    cfg = arcgis_config(project)
+    layers = read_layers(project)
+    changes = detect_changes(project, layers, target=TARGET)
+    boxes = _boxes(changes, layers)
+    with connect(project) as client:
+        info = client.service_info(cfg.service)
+    scheme = service_scheme(info, cfg.service)
+    levels = [lv for lv in project.levels if lv in scheme.levels]
+    st = service_supertiles(cfg, info, scheme)
+    work = server_work(project, scheme, boxes, levels, st, changes)
+    result = {
+        "target": TARGET,
+        "service": cfg.service,
+        "changes": changes.as_dict(),
+        "supertile": {"px": st.px, "tiles": list(st.span), "source": st.source},
+        **work_summary(scheme, work, levels),
+        "jobs": len(work),
+    }
+    if aoi is not None:
+        result["aoi_files"] = [str(f) for f in write_aoi(project, boxes, aoi)]
+    return result
 
 
 def update_server(
@@ -189,21 +330,31 @@ def _server_build(ctx: RunContext) -> BuildOutcome:
         scheme = service_scheme(info, cfg.service)
         levels = [lv for lv in project.levels if lv in scheme.levels]
         with ctx.stage("plan"):
-            areas = level_areas(project, scheme, boxes, levels)
-        if not areas:
+            st = service_supertiles(cfg, info, scheme)
+            work = server_work(project, scheme, boxes, levels, st, changes)
+        if not work:
             say("nothing to rebuild on the server")
         else:
             ctx.journal(boxes)
+            say(f"supertiles of {st.px} px ({st.span[0]}x{st.span[1]} tiles): {st.source}")
             with ctx.stage("server_jobs"):
-                for level in sorted(areas):
+                for level in sorted(work):
                     _wait_not_busy(client, cfg, say)
-                    jobs.append(_run_job(client, cfg, scheme, level, areas[level], say))
+                    job = _run_job(client, cfg, scheme, level, work[level], say)
+                    jobs.append(job)
     return BuildOutcome(
         kind="arcgis",
         layers=layers,
         levels=project.levels,
         changes=changes,
-        level_info={lv: {"scale": scheme.lod(lv).scale, "submitted": lv in areas} for lv in levels},
+        level_info={
+            lv: {
+                "scale": scheme.lod(lv).scale,
+                "submitted": lv in work,
+                "tiles": work[lv].tiles if lv in work else 0,
+            }
+            for lv in levels
+        },
         extra={"jobs": jobs},
     )
 
@@ -233,12 +384,12 @@ def _run_job(
     cfg: ArcGISConfig,
     scheme: TilingScheme,
     level: int,
-    area,
+    work: LevelWork,
     say: Callable[[str], None],
 ) -> dict:
     scale = scheme.lod(level).scale
     fs = esri_feature_set(
-        area,
+        work.area,
         scheme.wkid,
         None if scheme.wkid else pyproj.CRS.from_user_input(scheme.crs).to_wkt("WKT1_ESRI"),
     )
@@ -248,22 +399,33 @@ def _run_job(
         "thread_count": str(cfg.thread_count),
         "update_mode": "RECREATE_ALL_TILES",
         "area_of_interest": json.dumps(fs),
-        "wait_for_job_completion": "false",
     }
-    say(f"level {level} (1:{scale:,.0f}): {len(fs['features'])} area(s) submitted")
-    job_id = client.submit(cfg.cache_task, **params)
+    say(
+        f"level {level} (1:{scale:,.0f}): {len(fs['features'])} area(s) submitted, "
+        f"{len(work.supertiles):,} supertile(s), {work.tiles:,} tiles to redraw "
+        f"({len(work.dirty_tiles):,} dirty)"
+    )
+    task = client.cache_task(cfg.cache_task)  # CachingTools where there is no CachingControllers
+    job_id = client.submit(task, **params)
     status = client.wait_job(
-        cfg.cache_task,
+        task,
         job_id,
         poll=cfg.poll_seconds,
         timeout=60 * cfg.job_timeout_minutes,
+        settle=cfg.settle_seconds,
         on_message=lambda m: say(f"  server: {m}"),
     )
     state = status.get("jobStatus")
     if state != "esriJobSucceeded":
-        msgs = "; ".join(str(m.get("description", "")) for m in status.get("messages") or [])
         raise ArcGISError(
-            f"cache job {job_id} for level {level} ended {state}: {msgs or 'no messages'}; "
-            "the snapshot was not advanced, run again to retry"
+            f"level {level}: {status['summary']}; the snapshot was not advanced, run again to retry"
         )
-    return {"job": job_id, "level": level, "scale": scale, "status": state}
+    return {
+        "job": job_id,
+        "level": level,
+        "scale": scale,
+        "status": state,
+        "supertiles": len(work.supertiles),
+        "tiles": work.tiles,
+        "dirty_tiles": len(work.dirty_tiles),
+    }
