@@ -128,6 +128,80 @@ STYLE = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
+#: The opt-in hillshade layer (``generate(..., hillshade=True)``): drawn first, under the
+#: vectors, from a GeoTIFF in UTM zone 10N that Mapnik reprojects.
+HILLSHADE_STYLE = """  <Style name="hillshade">
+    <Rule><RasterSymbolizer opacity="0.55" scaling="bilinear"/></Rule>
+  </Style>
+  <Layer name="hillshade" srs="epsg:26910">
+    <StyleName>hillshade</StyleName>
+    <Datasource>
+      <Parameter name="type">gdal</Parameter>
+      <Parameter name="file">data/hillshade.tif</Parameter>
+    </Datasource>
+  </Layer>
+"""
+#: The hillshade's grid: UTM 10N, 2 m pixels, internally tiled 256 x 256.
+HILLSHADE_ORIGIN = (434700.0, 5112100.0)  # upper-left corner (easting, northing)
+HILLSHADE_SIZE = (1024, 768)  # width, height in pixels
+HILLSHADE_PIXEL = 2.0
+#: The demo's hillshade edit: (row, col, radius) of a new mound, inside one 256 x 256 block.
+HILLSHADE_BUMP = (400, 600, 40)
+
+
+def _hillshade(dem: np.ndarray, pixel: float) -> np.ndarray:
+    """Hillshade (sun at azimuth 315 degrees, altitude 45) as uint8 1..255 (0 is nodata)."""
+    gy, gx = np.gradient(dem, pixel)
+    slope = np.arctan(np.hypot(gx, gy))
+    aspect = np.arctan2(-gx, gy)
+    az, alt = np.radians(360.0 - 315.0 + 90.0), np.radians(45.0)
+    shade = np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(az - aspect)
+    return (1 + np.clip(shade, 0, 1) * 254).round().astype(np.uint8)
+
+
+def write_hillshade(folder: Path, *, bump: tuple[int, int, int] | None = None) -> Path:
+    """Write ``folder/data/hillshade.tif`` from a procedural elevation model (hills and a
+    valley, from a fixed formula); ``bump`` = (row, col, radius) adds a new mound there,
+    written into that window only (as a re-flown LiDAR tile would be)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    w, h = HILLSHADE_SIZE
+    path = folder / "data" / "hillshade.tif"
+    if bump is None:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+        dem = (
+            60 * np.sin(xx / 41.0) * np.cos(yy / 57.0)
+            + 25 * np.sin((xx + 2 * yy) / 23.0)
+            + 90 * np.exp(-(((xx - 300) / 120) ** 2 + ((yy - 500) / 90) ** 2))
+        )
+        profile = {
+            "driver": "GTiff",
+            "width": w,
+            "height": h,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": "EPSG:26910",
+            "nodata": 0,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+            "transform": from_origin(*HILLSHADE_ORIGIN, HILLSHADE_PIXEL, HILLSHADE_PIXEL),
+        }
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(_hillshade(dem, HILLSHADE_PIXEL), 1)
+        return path
+    row, col, r = bump
+    win = Window(col - r, row - r, 2 * r, 2 * r)
+    yy, xx = np.mgrid[-r:r, -r:r].astype(np.float64)
+    mound = 30 * np.exp(-(xx**2 + yy**2) / (r / 2) ** 2)
+    with rasterio.open(path, "r+") as ds:
+        ds.write(_hillshade(mound, HILLSHADE_PIXEL)[None], window=win)
+    return path
+
+
 def _write(path: Path, layer: str, geoms: list, fields: dict[str, list], gtype: str) -> None:
     names = list(fields)
     data = [
@@ -147,8 +221,9 @@ def _write(path: Path, layer: str, geoms: list, fields: dict[str, list], gtype: 
     )
 
 
-def generate(folder: Path) -> dict[str, int]:
-    """Write ``folder/data/county.gpkg`` and ``folder/style.xml``; return feature counts."""
+def generate(folder: Path, *, hillshade: bool = False) -> dict[str, int]:
+    """Write ``folder/data/county.gpkg`` and ``folder/style.xml``; return feature counts.
+    ``hillshade`` adds a raster layer under the vectors (:func:`write_hillshade`)."""
     rng = random.Random(20261124)
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -213,7 +288,12 @@ def generate(folder: Path) -> dict[str, int]:
                         byears.append(rng.randint(1890, 2024))
     _write(gpkg, "parcels", parcels, {"parcel_no": pnos, "owner": owners}, "Polygon")
     _write(gpkg, "buildings", buildings, {"kind": bkinds, "year_built": byears}, "Polygon")
-    (folder / "style.xml").write_text(STYLE, encoding="utf-8")
+    style = STYLE
+    if hillshade:
+        write_hillshade(folder)
+        first = style.index("  <Layer ")
+        style = style[:first] + HILLSHADE_STYLE + style[first:]
+    (folder / "style.xml").write_text(style, encoding="utf-8")
     return {"water": 2, "roads": len(roads), "parcels": len(parcels), "buildings": len(buildings)}
 
 
@@ -256,4 +336,7 @@ def apply_edits(folder: Path) -> list[str]:
         f["owner"].append("New subdivision")
     done.append("added 3 parcels east of town")
     _write(gpkg, "parcels", geoms, f, "Polygon")
+    if (folder / "data" / "hillshade.tif").exists():  # generate(..., hillshade=True)
+        write_hillshade(folder, bump=HILLSHADE_BUMP)
+        done.append("wrote a new mound into one block of the hillshade (a re-flown LiDAR tile)")
     return done

@@ -16,12 +16,12 @@ import pyproj
 import shapely
 
 from tiledelta.config import RenderSettings
-from tiledelta.errors import StyleError
+from tiledelta.errors import RenderFailed, StyleError
 from tiledelta.grid import Bounds, TilingScheme, metatile_bounds, query_pad
 from tiledelta.render._mapnik import mapnik
 from tiledelta.render.stats import TileResult
 from tiledelta.sources import LayerData
-from tiledelta.style import Style
+from tiledelta.style import RASTER_TYPES, Style
 
 
 def mapnik_srs(crs: str) -> str:
@@ -58,7 +58,11 @@ class Renderer:
         self.map.srs = srs
         self.map.buffer_size = settings.buffer
         self._mlayers = {}
+        #: raster layers keep the datasource of the style (Mapnik reads and warps the file)
+        self._rasters = {src.name for src in style.layers if src.kind in RASTER_TYPES}
         for lyr in self.map.layers:
+            if lyr.name in self._rasters:
+                continue  # its own srs: Mapnik reprojects the raster
             lyr.srs = srs
             self._mlayers[lyr.name] = lyr
         self._buffers = {
@@ -82,11 +86,15 @@ class Renderer:
 
     def _render_background(self) -> mapnik.Image:
         """What Mapnik paints where no feature is drawn."""
+        kept = {lyr.name: lyr.datasource for lyr in self.map.layers if lyr.name in self._rasters}
         for lyr in self.map.layers:
             lyr.datasource = mapnik.MemoryDatasource()
         self.map.zoom_to_box(mapnik.Box2d(0, 0, 1, 1))
         im = mapnik.Image(*self.size)
         mapnik.render(self.map, im)
+        for lyr in self.map.layers:
+            if lyr.name in kept:
+                lyr.datasource = kept[lyr.name]
         return im
 
     @property
@@ -115,7 +123,14 @@ class Renderer:
     def render_metatile(self, level: int, mrow: int, mcol: int) -> mapnik.Image:
         """Draw one meta-tile and return Mapnik's image."""
         b = metatile_bounds(self.scheme, level, mrow, mcol, self.settings.metatile)
-        return self.render_bounds(b, self.scheme.resolution(level))
+        try:
+            return self.render_bounds(b, self.scheme.resolution(level))
+        except (MemoryError, RuntimeError) as exc:  # Mapnik's std::bad_alloc, its errors
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RenderFailed(
+                f"level {level}, meta-tile row {mrow} col {mcol}: Mapnik could not draw it "
+                f"({reason}); look for a huge feature or label there"
+            ) from None
 
     def render_bounds(self, b: Bounds, resolution: float) -> mapnik.Image:
         """Draw ``b`` (which must fit the image size at ``resolution``) and return the image."""
