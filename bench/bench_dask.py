@@ -1,0 +1,245 @@
+"""The Dask engine against the local pool: overhead, worker memory, distributed detection.
+
+    .venv/bin/python bench/bench_dask.py [--levels 0-16] [--repeat 2]
+        [--memory-levels 0-14] [--copies 10] [--detect 0]
+
+1. **Overhead**: a full seed of the Clatsop buildings (23,953, shapefile) at ``--levels``
+   with the local pool (2 processes) and with Dask (a LocalCluster of 2 single-thread
+   worker processes, started before the clock), alternated ``--repeat`` times; the best
+   of each. Goal: Dask at most 15 % slower.
+2. **Worker memory**: seeds at ``--memory-levels`` of the buildings and of ``--copies``
+   copies shifted side by side (a fresh cluster each), and the workers' peak RSS.
+   Goal: at most 1.5x.
+3. **Distributed detection** (``--detect N``, off by default: slow here): N synthetic
+   polygons, a snapshot, 100 restyled + 100 deleted + 1,000 unused-attribute edits, then
+   the distributed read + fingerprint + diff; seconds and the client's peak RSS
+   (goal: under 1 GB at 10,000,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import STYLE, clatsop_shapefile, make_project, write_buildings
+
+
+def _cluster(n: int):
+    import distributed
+
+    cluster = distributed.LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, memory_limit=0,
+    )  # fmt: skip
+    return cluster, distributed.Client(cluster)
+
+
+def _peak_mb() -> float:
+    """This process's own peak RSS. On Linux ``VmHWM``: ``ru_maxrss`` survives ``exec``,
+    so a spawned worker (Dask's nannies spawn) reports at least its parent's RSS at the
+    spawn (a bench parent holding 240 MB more gave fresh workers 381 MB against 62 MB)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker_peak_mb(client) -> float:
+    return max(client.run(_peak_mb).values())
+
+
+def _seed(root: Path, scheduler: str | None) -> tuple[float, dict]:
+    from tiledelta.api import load_project, seed
+
+    project = load_project(root).updated(render={"processes": 2})
+    if scheduler:
+        project = project.updated(render={"engine": "dask", "scheduler": scheduler})
+    t = time.perf_counter()
+    result = seed(project, notify=False)
+    return time.perf_counter() - t, result
+
+
+def overhead(tmp: Path, levels: str, repeat: int) -> None:
+    root = make_project(tmp / "clatsop", levels)
+    cluster, client = _cluster(2)
+    try:
+        local, dask = [], []
+        for _ in range(repeat):
+            t, r1 = _seed(root, None)
+            local.append(t)
+            t, r2 = _seed(root, cluster.scheduler_address)
+            dask.append(t)
+            assert r1["tiles_written"] == r2["tiles_written"]
+    finally:
+        client.close()
+        cluster.close()
+    lo, da = min(local), min(dask)
+    print(f"1. full seed, Clatsop buildings, levels {levels}, best of {repeat}")
+    print(
+        f"   tiles stored            {r1['tiles_written']:>10,}"
+        f"  ({r1['metatiles_rendered']:,} meta-tiles)"
+    )
+    print(
+        f"   local pool, 2 processes {lo:>10.2f} s   (runs: {', '.join(f'{x:.2f}' for x in local)})"
+    )
+    print(
+        f"   Dask, 2 workers         {da:>10.2f} s   (runs: {', '.join(f'{x:.2f}' for x in dask)})"
+    )
+    print(f"   Dask / local            {da / lo:>10.2f}x   (goal: at most 1.15x)")
+
+
+def _copies(root: Path, levels: str, copies: int) -> Path:
+    """A project over ``copies`` copies of the buildings, shifted side by side."""
+    import pyogrio.raw
+    import shapely
+
+    meta, _f, geoms, values = pyogrio.raw.read(str(clatsop_shapefile()), return_fids=True)
+    shp = shapely.from_wkb(geoms)
+    if meta["crs"] and "3857" not in str(meta["crs"]):
+        import pyproj
+
+        tr = pyproj.Transformer.from_crs(meta["crs"], "EPSG:3857", always_xy=True)
+        shp = shapely.transform(shp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    b = shapely.total_bounds(shp)
+    step = (b[2] - b[0]) * 1.05
+    out = np.concatenate(
+        [
+            shapely.to_wkb(shapely.transform(shp, lambda xy, k=k: xy + [k * step, 0]))
+            for k in range(copies)
+        ]
+    ).astype(object)
+    vals = [np.concatenate([v] * copies) for v in values]
+    make_project(root, levels)
+    path = root / "buildings.gpkg"
+    write_buildings(str(path), out, vals, list(meta["fields"]))
+    (root / "style.xml").write_text(STYLE.format(kind="ogr", path=path), encoding="utf-8")
+    return root
+
+
+def memory(tmp: Path, levels: str, copies: int) -> None:
+    print(f"2. worker peak memory, levels {levels}, Dask with 2 workers (a fresh cluster each)")
+    rows = []
+    for n in (1, copies):
+        root = _copies(tmp / f"x{n}", levels, n)
+        cluster, client = _cluster(2)
+        try:
+            base = _worker_peak_mb(client)
+            t, result = _seed(root, cluster.scheduler_address)
+            peak = _worker_peak_mb(client)
+        finally:
+            client.close()
+            cluster.close()
+        rows.append((peak, peak - base))
+        print(
+            f"   {n:>2} x buildings ({23953 * n:>7,}) {t:>7.1f} s, "
+            f"{result['tiles_written']:>7,} tiles, worker peak RSS {peak:>6.0f} MB "
+            f"(at start {base:.0f} MB)"
+        )
+    print(f"   ratio of peaks          {rows[1][0] / rows[0][0]:>10.2f}x   (goal: at most 1.5x)")
+    print(f"   ratio of growth over start {rows[1][1] / max(rows[0][1], 1):>7.2f}x")
+
+
+def _detect_step(root: str, address: str, record: bool, out) -> None:
+    """In a fresh process (its peak RSS is the step's own): the distributed read, then
+    either the snapshot record or change detection against it."""
+    from tiledelta.api import load_project
+    from tiledelta.change import detect_changes, record_build
+    from tiledelta.render.dask_engine import DaskEngine
+
+    project = load_project(root).updated(render={"engine": "dask", "scheduler": address})
+    t = time.perf_counter()
+    with DaskEngine(project, say=lambda _m: None) as engine:
+        layers = engine.read_layers(project)
+        if record:
+            record_build(project, layers, project.levels, kind="bench")
+            result = {}
+        else:
+            c = detect_changes(project, layers).layers["parcels"]
+            result = {"added": c.added, "modified": c.modified, "deleted": c.deleted}
+    result["seconds"] = time.perf_counter() - t
+    result["peak"] = _peak_mb()
+    out.put(result)
+
+
+def _in_child(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_detect_step, args=(*args, q))
+    proc.start()
+    result = q.get()
+    proc.join()
+    return result
+
+
+def detect(tmp: Path, n: int) -> None:
+    import bench_detect
+
+    from tiledelta.api import init_project
+
+    root = tmp / "detect"
+    root.mkdir()
+    t = time.perf_counter()
+    gen = mp.get_context("fork").Process(target=bench_detect.generate, args=(root, n))
+    gen.start()
+    gen.join()
+    (root / "style.xml").write_text(bench_detect.STYLE)
+    init_project(root, style=root / "style.xml", levels="10-19", force=True)
+    print(
+        f"3. distributed change detection, {n:,} features "
+        f"(generated in {time.perf_counter() - t:.0f} s)"
+    )
+    cluster, client = _cluster(2)
+    try:
+        snap = _in_child(str(root), cluster.scheduler_address, True)
+        (root / "cache").mkdir()  # detection only; no tiles are rendered here
+        con = sqlite3.connect(root / "parcels.gpkg")
+        bench_detect._gpkg_functions(con)
+        with con:
+            con.execute("UPDATE parcels SET kind = 'a' WHERE fid % 10007 = 1 AND kind = 'b'")
+            con.execute("DELETE FROM parcels WHERE fid % 10009 = 2")
+            con.execute("UPDATE parcels SET owner = 'someone else' WHERE fid % 997 = 3")
+        con.close()
+        found = _in_child(str(root), cluster.scheduler_address, False)
+        workers = _worker_peak_mb(client)
+    finally:
+        client.close()
+        cluster.close()
+    print(f"   snapshot (distributed read + record) {snap['seconds']:.1f} s, client peak "
+          f"{snap['peak']:.0f} MB")  # fmt: skip
+    print(f"   detected                {found['added']} added, {found['modified']} modified, "
+          f"{found['deleted']} deleted")  # fmt: skip
+    print(f"   read + fingerprint + diff {found['seconds']:>8.1f} s on 2 workers")
+    print(f"   client peak RSS         {found['peak']:>10.0f} MB (goal: under 1,024)")
+    print(f"   worker peak RSS         {workers:>10.0f} MB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--levels", default="0-16")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--memory-levels", default="0-14")
+    ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--detect", type=int, default=0, help="features for part 3 (0: skip)")
+    ap.add_argument("--only", choices=["overhead", "memory", "detect"], default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "overhead"):
+            overhead(Path(tmp), args.levels, args.repeat)
+        if args.only in (None, "memory"):
+            memory(Path(tmp), args.memory_levels, args.copies)
+        if args.detect and args.only in (None, "detect"):
+            detect(Path(tmp), args.detect)
+
+
+if __name__ == "__main__":
+    main()

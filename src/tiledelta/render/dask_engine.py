@@ -1,0 +1,445 @@
+"""The render engines: the local process pool, or a Dask cluster (``[render] engine``).
+
+:func:`open_engine` gives the project's engine; a build reads its layers through it and
+hands its :meth:`~DaskEngine.executor` to :func:`tiledelta.render.pool.run_plan`, which
+keeps the tasks (meta-tiles grouped by bundle, in the local engine's order), the writing
+and the counts. So either engine gives the same tiles, bundles, metadata and summary.
+
+With Dask (``distributed``, the optional ``dask`` extra, imported only here):
+
+- **Reading** (:meth:`DaskEngine.read_layers`) is split into row ranges of each layer's
+  full scan (:func:`tiledelta.sources.chunked.read_piece`), read and fingerprinted on the
+  workers; the client keeps per feature only its id, key, box and fingerprint, which is
+  what detection, planning and the snapshot use.
+- **A render task** is part of a bundle (up to :data:`~tiledelta.render.pool.CHUNK`
+  meta-tiles) and carries the feature ids its meta-tiles' buffered extents reach, per
+  layer, in full-scan order (found on the client from the boxes, with the renderer's own
+  box test and slack). The worker reads exactly those features from the source
+  (:func:`~tiledelta.sources.chunked.read_fids`) and draws them in that order: no task
+  receives a whole layer, and the draw order is the local engine's.
+- **Writing** stays on the client, as in the local engine: tiles come back task by task
+  and each bundle is written once when its last task is in (MBTiles: in transactions).
+- **Faults**: a worker that dies has its tasks rerun elsewhere by the scheduler; a
+  scheduler that cannot be reached, or a source a worker cannot open, stops the run
+  before anything is written, with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+
+from tiledelta.config import RenderSettings
+from tiledelta.errors import TileDeltaError
+from tiledelta.grid import TilingScheme, metatile_bounds, query_pad
+from tiledelta.project import Project
+from tiledelta.sources import LayerData, read_layers
+from tiledelta.sources.chunked import (
+    PieceMerger,
+    check_file_source,
+    empty_layer,
+    feature_count,
+    read_fids,
+    read_piece,
+    row_ranges,
+)
+from tiledelta.style import RASTER_TYPES, LayerSource, Style
+
+if TYPE_CHECKING:
+    from tiledelta.change import Changes
+    from tiledelta.render.stats import TileResult
+
+log = logging.getLogger(__name__)
+
+#: What to install when ``distributed`` is missing.
+DASK_EXTRA = 'pip install "tiledelta[dask]"'
+#: Seconds to wait for the scheduler (and for a first worker) before giving up.
+CONNECT_TIMEOUT = 5.0
+#: Rows per reading task (change detection).
+ROWS_PER_TASK = 200_000
+#: Render tasks in flight per worker thread (results are gathered in task order).
+IN_FLIGHT = 4
+
+Task = tuple[int, list[tuple[int, int, tuple | None]]]
+Executor = Callable[[Iterator[Task]], Iterator[list["TileResult"]]]
+
+
+class ClusterError(TileDeltaError):
+    """The Dask cluster cannot be used: scheduler unreachable, no worker, a source a worker
+    cannot open, or the ``dask`` extra not installed."""
+
+
+class LocalEngine:
+    """The process pool on this machine (the default): layers read here, in full."""
+
+    name = "local"
+    dashboard: str | None = None
+
+    def read_layers(self, project: Project) -> dict[str, LayerData]:
+        return read_layers(project)
+
+    def executor(self, project: Project, layers: dict[str, LayerData]) -> Executor | None:
+        return None
+
+    def complete(self, project: Project, layers: dict[str, LayerData], changes: Changes) -> None:
+        """Nothing to do: the local read holds every geometry."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_engine(project: Project, say: Callable[[str], None] = log.info) -> Any:
+    """The project's engine (:class:`LocalEngine` or :class:`DaskEngine`), as a context
+    manager; a Dask engine is connected and its workers checked before it is returned."""
+    if project.config.render.engine == "dask":
+        return DaskEngine(project, say)
+    return LocalEngine()
+
+
+# --- what runs on the workers ----------------------------------------------------------
+
+_local = threading.local()
+
+
+def _probe(sources: list[LayerSource]) -> list[str]:
+    """Run on every worker at the start: why a source cannot be opened there (none: [])."""
+    import tiledelta.render.renderer  # noqa: F401 - Mapnik must be importable on the worker
+
+    return [msg for src in sources if (msg := check_file_source(src))]
+
+
+def _renderer(style: Style, scheme: TilingScheme, settings: RenderSettings) -> Any:
+    """This worker thread's renderer for the style (made once; Mapnik maps are not shared
+    between threads)."""
+    from tiledelta.render._mapnik import mapnik
+    from tiledelta.render.renderer import Renderer
+
+    key = (style.digest, style.xml_without_datasources, scheme.model_dump_json(), settings)
+    if getattr(_local, "key", None) != key:
+        mapnik.clear_cache()
+        _local.renderer = Renderer(style, scheme, {}, settings)
+        _local.key = key
+        _local.held = None  # a new renderer holds no features
+    return _local.renderer
+
+
+def _use_layers(renderer: Any, layers: dict[str, LayerData]) -> None:
+    """Give a renderer the features of one task (what its constructor does with layers)."""
+    renderer.layers = layers
+    renderer._trees = {
+        name: shapely.STRtree(shapely.box(*data.bounds.T)) if len(data) else None
+        for name, data in layers.items()
+    }
+    renderer._features = {name: [None] * len(d) for name, d in layers.items()}
+    for data in layers.values():
+        for a in data.attrs:
+            renderer._context.push(a)
+
+
+#: A worker keeps the features of its last read while later tasks of the same run need a
+#: subset holding at least this share of them (low levels: every task needs the same
+#: features); otherwise it reads afresh, so its memory follows the current piece.
+REUSE_SHARE = 0.5
+
+
+def _reusable(run: str, fids: dict[str, np.ndarray]) -> bool:
+    """True when this thread's renderer already holds every feature of the task (same run)."""
+    held = getattr(_local, "held", None)
+    if held is None or held[0] != run:
+        return False
+    have: dict[str, np.ndarray] = held[1]
+    need = sum(len(f) for f in fids.values())
+    total = sum(len(f) for f in have.values())
+    if need < REUSE_SHARE * total:
+        return False
+    return all(
+        name in have and bool(np.isin(f, have[name], assume_unique=True).all())
+        for name, f in fids.items()
+    )
+
+
+def render_task(
+    style: Style,
+    scheme: TilingScheme,
+    settings: RenderSettings,
+    sources: list[tuple[LayerSource, str | None]],
+    fids: dict[str, np.ndarray],
+    task: Task,
+    run: str,
+) -> list[TileResult]:
+    """One render task on a worker: read its features from the sources, draw its meta-tiles.
+
+    The renderer draws, per meta-tile, the features whose box meets its buffered extent, in
+    full-scan order; holding more features than the task needs (a reused read of the same
+    run, :data:`REUSE_SHARE`) therefore draws the same picture. (Feature ids are the
+    task's, not the whole layer's: Mapnik's memory datasource does not draw them; a
+    ``[mapnik::feature_id]`` label reads the same on either engine.)
+    """
+    renderer = _renderer(style, scheme, settings)
+    if not _reusable(run, fids):
+        _local.held = None
+        _use_layers(renderer, {})
+        layers = {
+            src.name: read_fids(src, scheme.crs, key, fids[src.name])
+            if src.name in fids
+            else empty_layer(src, key is not None)
+            for src, key in sources
+        }
+        _use_layers(renderer, layers)
+        _local.held = (run, {name: np.asarray(f) for name, f in fids.items()})
+    level, items = task
+    out: list[TileResult] = []
+    for mrow, mcol, wanted in items:
+        out.extend(renderer.tiles(level, mrow, mcol, set(wanted) if wanted else None))
+    return out
+
+
+# --- the client ------------------------------------------------------------------------
+
+
+class DaskEngine:
+    """A Dask cluster: ``[render] scheduler``, or a LocalCluster of ``processes`` workers."""
+
+    name = "dask"
+
+    def __init__(self, project: Project, say: Callable[[str], None] = log.info) -> None:
+        try:
+            import distributed
+        except ImportError as exc:
+            raise ClusterError(
+                f'[render] engine = "dask" needs the dask extra: {DASK_EXTRA}'
+            ) from exc
+        self._distributed = distributed
+        # Dask logs every worker start and stop at INFO; tiledelta's -v shows its own lines.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        cfg = project.config.render
+        self.cluster: Any = None
+        self.fids: dict[str, np.ndarray] = {}
+        address = cfg.scheduler
+        try:
+            if address:
+                self.client = distributed.Client(
+                    address, timeout=CONNECT_TIMEOUT, set_as_default=False
+                )
+            else:
+                from tiledelta.render.pool import worker_count
+
+                self.cluster = distributed.LocalCluster(
+                    n_workers=worker_count(cfg.processes),
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                    silence_logs=logging.ERROR,
+                )
+                self.client = distributed.Client(self.cluster, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            where = address or "a LocalCluster"
+            raise ClusterError(
+                f"[render] scheduler {where}: cannot reach the Dask scheduler within "
+                f"{CONNECT_TIMEOUT:.0f} s ({_line(exc)}); start it (dask scheduler) or fix "
+                "the address"
+            ) from exc
+        try:
+            self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            self._check_sources(project)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, (TimeoutError, OSError)):
+                raise ClusterError(
+                    f"[render] scheduler {address}: no Dask worker joined within "
+                    f"{CONNECT_TIMEOUT:.0f} s; start some (dask worker {address})"
+                ) from exc
+            raise
+        info = self.client.scheduler_info()
+        self.dashboard: str | None = None
+        if "dashboard" in info.get("services", {}):  # served only where bokeh is installed
+            with contextlib.suppress(Exception):
+                self.dashboard = self.client.dashboard_link
+        workers = info.get("workers", {})
+        self.threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        say(
+            f"Dask: {len(workers)} worker(s), {self.threads} thread(s) at "
+            f"{info.get('address', address)}"
+            + (f"; dashboard {self.dashboard}" if self.dashboard else "")
+        )
+
+    def __enter__(self) -> DaskEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken connection
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def _check_sources(self, project: Project) -> None:
+        """A tiny task on every worker: each source opens there, else one line."""
+        sources = list(project.style.layers)
+        for src in sources:
+            if src.kind == "postgis" or src.kind in RASTER_TYPES:
+                raise ClusterError(
+                    f"layer {src.name!r}: the Dask engine reads vector files only for now; "
+                    f'use [render] engine = "local" for {src.kind} layers'
+                )
+        try:
+            answers = self.client.run(_probe, sources)
+        except Exception as exc:
+            raise ClusterError(f"Dask workers cannot run tiledelta: {_line(exc)}") from exc
+        for worker, problems in sorted(answers.items()):
+            if problems:
+                raise ClusterError(
+                    f"{problems[0]} on Dask worker {worker}; sources must be on storage "
+                    "every worker sees, at the same path"
+                )
+
+    # --- reading (distributed change detection) ----------------------------------------
+
+    def read_layers(self, project: Project) -> dict[str, LayerData]:
+        """Every layer in full-scan order, read and fingerprinted in row ranges on the
+        workers; the client keeps ids, keys, boxes and fingerprints (no geometry)."""
+        out = {}
+        submit = self.client.submit
+        for src in project.style.layers:
+            key = project.key_field(src.name)
+            count = submit(feature_count, src, pure=False).result()
+            ranges = row_ranges(count, ROWS_PER_TASK)
+            calls = (
+                (read_piece, src, project.scheme.crs, key, skip, n, project.scheme.extent)
+                for skip, n in ranges
+            )
+            merger = PieceMerger(src, count)  # piece by piece: never all pieces at once
+            for piece in self._ordered(calls):
+                merger.add(piece)
+            data, fids = merger.result()
+            del merger
+            out[src.name] = data
+            self.fids[src.name] = fids
+            log.info(
+                "read %s on the cluster: %d features in %d task(s)",
+                src.name,
+                len(data),
+                len(ranges),
+            )
+        return out
+
+    def _ordered(self, calls: Iterator[tuple]) -> Iterator[Any]:
+        """Submit ``calls`` keeping a bounded number in flight; yield results in order."""
+        window: deque = deque()
+        limit = IN_FLIGHT * self.threads
+        for fn, *args in calls:
+            window.append(self.client.submit(fn, *args, pure=False))
+            while len(window) >= limit:
+                yield _result(window.popleft())
+        while window:
+            yield _result(window.popleft())
+
+    def complete(self, project: Project, layers: dict[str, LayerData], changes: Changes) -> None:
+        """Read the geometry of the added and modified features (the run folder's
+        ``changes.geojson`` shows them): a small read, on a worker."""
+        for name, ch in changes.layers.items():
+            if name not in layers or not len(ch.new_idx):
+                continue
+            src = project.style.layer(name)
+            fids = self.fids[name][ch.new_idx]
+            data = self.client.submit(
+                read_fids, src, project.scheme.crs, project.key_field(name), fids, pure=False
+            ).result()
+            layers[name].wkb[ch.new_idx] = data.wkb
+
+    # --- rendering ---------------------------------------------------------------------
+
+    def executor(self, project: Project, layers: dict[str, LayerData]) -> Executor:
+        """Tasks to the cluster, each with the feature ids its meta-tiles need."""
+        scheme, settings, style = project.scheme, project.settings, project.style
+        sources = [(src, project.key_field(src.name)) for src in style.layers]
+        buffers = {
+            src.name: src.buffer_size if src.buffer_size is not None else settings.buffer
+            for src in style.layers
+        }
+        # The renderer's own slack, doubled: a superset is safe (it tests again).
+        slack = 2 * query_pad(scheme, scheme.levels[0], 0)
+        trees = {
+            name: shapely.STRtree(shapely.box(*data.bounds.T))
+            for name, data in layers.items()
+            if len(data)
+        }
+        style_f = self.client.scatter(style, broadcast=True)
+        scheme_f = self.client.scatter(scheme, broadcast=True)
+
+        def needs(task: Task) -> dict[str, np.ndarray]:
+            level, items = task
+            res = scheme.resolution(level)
+            bounds = [metatile_bounds(scheme, level, r, c, settings.metatile) for r, c, _ in items]
+            out = {}
+            for name, tree in trees.items():
+                pad = buffers.get(name, settings.buffer) * res + slack
+                boxes = shapely.box(
+                    [b.xmin - pad for b in bounds],
+                    [b.ymin - pad for b in bounds],
+                    [b.xmax + pad for b in bounds],
+                    [b.ymax + pad for b in bounds],
+                )
+                hit = np.unique(tree.query(boxes)[1])  # sorted: full-scan order
+                if len(hit):
+                    out[name] = self.fids[name][hit]
+            return out
+
+        run_id = uuid.uuid4().hex  # workers reuse features only within one run
+
+        def run(tasks: Iterator[Task]) -> Iterator[list[TileResult]]:
+            calls = (
+                (render_task, style_f, scheme_f, settings, sources, needs(t), t, run_id)
+                for t in tasks
+            )
+            yield from self._ordered(calls)
+
+        return run
+
+
+def _result(future: Any) -> Any:
+    """A task's result; a worker-side tiledelta error is raised as itself."""
+    try:
+        return future.result()
+    except TileDeltaError:
+        raise
+    except Exception as exc:
+        name = type(exc).__name__
+        if name == "KilledWorker":
+            raise ClusterError(
+                f"a Dask task failed on every worker it was tried on ({_line(exc)})"
+            ) from exc
+        if isinstance(exc, (OSError, TimeoutError)) or name == "CommClosedError":
+            raise ClusterError(f"lost the Dask scheduler ({_line(exc)})") from exc
+        raise
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+__all__ = [
+    "ClusterError",
+    "DaskEngine",
+    "LocalEngine",
+    "open_engine",
+    "render_task",
+]

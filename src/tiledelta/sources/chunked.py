@@ -1,0 +1,202 @@
+"""Reading a file layer in pieces, for the Dask engine (:mod:`tiledelta.render.dask_engine`).
+
+Two ways, both through the one reader (:func:`tiledelta.sources.gdal.read_raw`) and the
+one code path to :class:`~tiledelta.sources.LayerData` (:func:`layer_data`), so boxes
+and fingerprints are bit for bit those of a full read:
+
+- :func:`read_piece`: a row range (``skip_features`` / ``max_features``) in the dataset's
+  full-scan order, boiled down to what detection, planning and the snapshot use (feature
+  ids, keys, boxes, fingerprints: no geometry, no attributes). The pieces of a layer, in
+  range order, are the layer in full-scan order.
+- :func:`read_fids`: exactly the features with the given GDAL feature ids, in the order
+  given, with geometry and the style's attributes: what one render task draws.
+
+Nothing here knows about Dask: these are the functions its tasks run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+
+from tiledelta.errors import SourceError
+from tiledelta.grid import Bounds
+from tiledelta.sources.gdal import read_raw
+from tiledelta.sources.types import LayerData, RawLayer, layer_data
+from tiledelta.style import RASTER_TYPES, LayerSource
+
+
+@dataclass
+class LayerPiece:
+    """One row range of a layer, without geometry or attributes."""
+
+    fids: np.ndarray  # (n,) int64 GDAL feature ids, full-scan order
+    keys: np.ndarray  # key values (object) or the feature ids (int64)
+    bounds: np.ndarray  # (n, 4) float64 boxes, scheme CRS
+    fingerprints: np.ndarray  # (n,) uint64
+    null_keys: np.ndarray  # keys of the rows with no geometry
+    keyed: bool
+
+
+def check_file_source(src: LayerSource) -> str | None:
+    """Why ``src`` cannot be opened here, or None when it can (a worker's start check)."""
+    if src.kind == "postgis" or src.kind in RASTER_TYPES:
+        return f"layer {src.name!r}: the Dask engine reads vector files only (engine local)"
+    if not src.path.startswith(("/vsi", "PG:")) and not Path(src.path).exists():
+        return f"layer {src.name!r}: {src.path} does not exist"
+    try:
+        pyogrio.read_info(src.path, layer=src.layer)
+    except Exception as exc:  # pyogrio raises several DataSource/DataLayer errors
+        text = str(exc).strip().splitlines()
+        return f"layer {src.name!r}: cannot open {src.path} ({text[0] if text else exc})"
+    return None
+
+
+def feature_count(src: LayerSource) -> int:
+    """Rows in the layer (with or without geometry), counted by GDAL."""
+    try:
+        info = pyogrio.read_info(src.path, layer=src.layer, force_feature_count=True)
+    except Exception as exc:
+        raise SourceError(f"layer {src.name!r}: cannot open {src.path} ({exc})") from exc
+    return int(info["features"])
+
+
+def row_ranges(count: int, size: int) -> list[tuple[int, int]]:
+    """``(skip, count)`` ranges of at most ``size`` rows covering ``count`` rows."""
+    return [(s, min(size, count - s)) for s in range(0, count, size)]
+
+
+def _positions(fids: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Where each of ``chosen`` is in ``fids`` (feature ids are unique in a layer)."""
+    order = np.argsort(fids, kind="stable")
+    return order[np.searchsorted(fids, chosen, sorter=order)]
+
+
+def _by_fid(raw: RawLayer) -> tuple[RawLayer, np.ndarray]:
+    if raw.fids is None:  # pragma: no cover - every file reader sets them
+        raise SourceError(f"{raw.label}: the reader gave no feature ids")
+    return dataclasses.replace(raw, ids=raw.fids), np.asarray(raw.fids, dtype=np.int64)
+
+
+def read_piece(
+    src: LayerSource,
+    target_crs: str,
+    key: str | None,
+    skip: int,
+    count: int,
+    valid: Bounds | None = None,
+) -> LayerPiece:
+    """Rows ``skip`` … ``skip + count - 1`` of the full scan, boiled down (see module doc).
+    ``valid`` is the scheme's extent, checked as in a full read."""
+    raw = read_raw(src, key, skip_features=skip, max_features=count)
+    by_fid, fids = _by_fid(raw)
+    data = layer_data(src, by_fid, target_crs, valid)
+    kept = _positions(fids, np.asarray(data.keys, dtype=np.int64))
+    nulls = _positions(fids, np.asarray(data.null_keys, dtype=np.int64))
+    ids = np.asarray(raw.ids)
+    return LayerPiece(
+        fids=fids[kept],
+        keys=ids[kept],
+        bounds=data.bounds,
+        fingerprints=data.fingerprints,
+        null_keys=ids[nulls],
+        keyed=raw.keyed,
+    )
+
+
+def read_fids(
+    src: LayerSource,
+    target_crs: str,
+    key: str | None,
+    fids: np.ndarray,
+    valid: Bounds | None = None,
+) -> LayerData:
+    """The features with these feature ids, in this order, as a full read gives them."""
+    if not len(fids):
+        return empty_layer(src, key is not None)
+    raw = read_raw(src, key, fids=np.asarray(fids, dtype=np.int64))
+    return layer_data(src, raw, target_crs, valid)
+
+
+def empty_layer(src: LayerSource, keyed: bool) -> LayerData:
+    """A layer with no feature (a task whose meta-tiles this layer does not reach)."""
+    return LayerData(
+        name=src.name,
+        keys=np.zeros(0, dtype=object if keyed else np.int64),
+        wkb=np.zeros(0, dtype=object),
+        bounds=np.zeros((0, 4)),
+        attrs={a: [] for a in src.attributes},
+        fingerprints=np.zeros(0, dtype=np.uint64),
+        keyed=keyed,
+    )
+
+
+def merge_pieces(src: LayerSource, pieces: list[LayerPiece]) -> tuple[LayerData, np.ndarray]:
+    """The layer for detection, planning and the snapshot (geometry left empty: None per
+    feature, filled where needed with :func:`read_fids`), and its feature ids."""
+    merger = PieceMerger(src, sum(len(p.fids) for p in pieces))
+    for piece in pieces:
+        merger.add(piece)
+    return merger.result()
+
+
+class PieceMerger:
+    """:func:`merge_pieces` one piece at a time, into arrays sized once for the layer's
+    row count: the client never holds the pieces and their concatenation together. When
+    the keys are the feature ids (no key field), one array serves as both."""
+
+    def __init__(self, src: LayerSource, rows: int) -> None:
+        self.src, self.n = src, 0
+        self.fids = np.empty(rows, dtype=np.int64)
+        self.bounds = np.empty((rows, 4), dtype=np.float64)
+        self.fps = np.empty(rows, dtype=np.uint64)
+        self.keys: list[np.ndarray] | None = []  # None while the keys are the fids
+        self.nulls: list[np.ndarray] = []
+        self.keyed: bool | None = None
+
+    def add(self, piece: LayerPiece) -> None:
+        """Append the next row range's features (pieces come in range order)."""
+        k, m = self.n, len(piece.fids)
+        if k + m > len(self.fids):  # more rows than counted: grow (copies, rare)
+            grow = max(k + m, 2 * len(self.fids))
+            self.fids = np.resize(self.fids, grow)
+            self.bounds = np.resize(self.bounds, (grow, 4))
+            self.fps = np.resize(self.fps, grow)
+        self.fids[k : k + m] = piece.fids
+        self.bounds[k : k + m] = piece.bounds.reshape(-1, 4)
+        self.fps[k : k + m] = piece.fingerprints
+        same = piece.keys.dtype == np.int64 and np.array_equal(piece.keys, piece.fids)
+        if self.keys is None:
+            if not same:  # the fids stood for the keys so far: no longer
+                self.keys = [self.fids[:k].copy(), piece.keys]
+        elif same and self.keyed is None:
+            self.keys = None  # the first piece's keys are its fids
+        else:
+            self.keys.append(piece.keys)
+        self.nulls.append(piece.null_keys)
+        self.keyed = piece.keyed if self.keyed is None else self.keyed
+        self.n = k + m
+
+    def result(self) -> tuple[LayerData, np.ndarray]:
+        """The merged layer and its feature ids (views of the merger's arrays)."""
+        n = self.n
+        if self.keyed is None:
+            return empty_layer(self.src, False), np.zeros(0, dtype=np.int64)
+        fids = self.fids[:n]
+        keys = fids if self.keys is None else np.concatenate(self.keys)
+        data = LayerData(
+            name=self.src.name,
+            keys=keys,
+            wkb=np.empty(n, dtype=object),
+            bounds=self.bounds[:n],
+            attrs={},
+            fingerprints=self.fps[:n],
+            keyed=self.keyed,
+            null_keys=np.concatenate(self.nulls),
+            fids=fids,
+        )
+        return data, fids

@@ -1,0 +1,437 @@
+"""The Dask engine on a real cluster: a ``dask scheduler`` and two ``dask worker`` processes
+on 127.0.0.1 (subprocesses, random ports). Its caches, snapshots and summaries must equal the
+local engine's byte for byte; a worker killed mid-run changes nothing; an unreachable
+scheduler is one line, exit 1, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import distributed
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from conftest import shared_path
+
+from tiledelta import api, sample
+from tiledelta.change import detect_changes
+from tiledelta.render import dask_engine
+from tiledelta.sources import read_layers
+
+DASK = Path(sys.executable).with_name("dask")
+CLI = Path(sys.executable).with_name("tiledelta")
+
+CLATSOP_STYLE = """<Map srs="epsg:3857" background-color="#f2efe9">
+  <Style name="b"><Rule>
+    <PolygonSymbolizer fill="#d9d0c9"/><LineSymbolizer stroke="#b9a99a" stroke-width="0.5"/>
+  </Rule></Style>
+  <Layer name="buildings" srs="epsg:3857"><StyleName>b</StyleName>
+    <Datasource><Parameter name="type">{kind}</Parameter>
+    <Parameter name="file">{path}</Parameter></Datasource></Layer>
+</Map>
+"""
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory) -> str:
+    """The address of a real scheduler with two single-thread workers (with nannies)."""
+    d = tmp_path_factory.mktemp("dask")
+    sched_file = d / "scheduler.json"
+    log = (d / "cluster.log").open("wb")
+    procs = [
+        subprocess.Popen(
+            [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0"]
+            + ["--no-dashboard", "--scheduler-file", str(sched_file)],
+            stdout=log,
+            stderr=log,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert procs[0].poll() is None, (d / "cluster.log").read_text()
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [str(DASK), "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
+                    + ["--no-dashboard", "--memory-limit", "0"]
+                    + ["--local-directory", str(d / f"worker{i}")],
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+        with distributed.Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=90)
+        yield address
+    finally:
+        _stop(procs[1:])
+        _stop(procs[:1])
+        log.close()
+
+
+# --- what must be equal ----------------------------------------------------------------
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def mbtiles_of(path: Path) -> tuple[list, list]:
+    con = sqlite3.connect(path)
+    try:
+        tiles = con.execute(
+            "SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles "
+            "ORDER BY zoom_level, tile_column, tile_row"
+        ).fetchall()
+        meta = con.execute("SELECT name, value FROM metadata ORDER BY name").fetchall()
+    finally:
+        con.close()
+    return tiles, meta
+
+
+def cache_of(root: Path) -> object:
+    project = api.load_project(root)
+    if project.config.cache.kind == "mbtiles":
+        return mbtiles_of(project.cache_path)
+    return files_of(project.cache_path)
+
+
+def snapshot_of(root: Path) -> list:
+    con = sqlite3.connect(root / ".tiledelta" / "state.sqlite")
+    try:
+        return con.execute("SELECT * FROM layers ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+COUNTS = (
+    "tiles_written",
+    "tiles_rendered",
+    "tiles_blank",
+    "tiles_unchanged",
+    "tiles_removed",
+    "metatiles_rendered",
+    "levels",
+    "changes",
+    "rebuild",
+    "kind",
+)
+
+
+def counts(summary: dict) -> dict:
+    return {k: summary.get(k) for k in COUNTS}
+
+
+def run_folder_files(summary: dict) -> dict[str, bytes]:
+    folder = Path(summary["run_folder"])
+    return {
+        name: (folder / name).read_bytes()
+        for name in ("changes.geojson", "tiles.json")
+        if (folder / name).exists()
+    }
+
+
+def two(root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The project twice, under the same folder name (MBTiles metadata names it): one for
+    the local engine, one for Dask (data copied too)."""
+    return copy_project(root, tmp_path / "local"), copy_project(root, tmp_path / "dask")
+
+
+def on_dask(root: Path, address: str):
+    return api.with_engine(api.load_project(root), None, address)
+
+
+def assert_same(local: Path, dask: Path, s_local: dict, s_dask: dict) -> None:
+    assert cache_of(local) == cache_of(dask)
+    assert snapshot_of(local) == snapshot_of(dask)
+    assert counts(s_local) == counts(s_dask)
+    assert run_folder_files(s_local) == run_folder_files(s_dask)
+
+
+# --- the sample county (GeoPackage, five layers, labels) -------------------------------
+
+
+@pytest.mark.parametrize("kind", ["compact", "mbtiles"])
+def test_sample_seed_and_update_equal_local(scheduler, sample_template, tmp_path, kind):
+    root = tmp_path / "county"
+    shutil.copytree(sample_template, root)
+    cache = "cache.mbtiles" if kind == "mbtiles" else "cache"
+    api.init_project(root, style=root / "style.xml", levels="13-16", cache_kind=kind, force=True)
+    p = api.load_project(root)
+    p.updated(render={"processes": 1}, cache={"path": cache}).save()
+    local, dask = two(root, tmp_path)
+
+    s1 = api.seed(api.load_project(local), notify=False)
+    s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert s1["tiles_written"] > 50
+    assert_same(local, dask, s1, s2)
+
+    for r in (local, dask):
+        assert sample.apply_edits(r)
+    u1 = api.update(api.load_project(local), notify=False)
+    u2 = api.update(on_dask(dask, scheduler), notify=False)
+    assert u1["tiles_written"] > 0 and not u1.get("rebuild")
+    assert_same(local, dask, u1, u2)
+
+
+# --- the Clatsop buildings (shapefile, 23,953 features) --------------------------------
+
+
+def _clatsop_project(root: Path) -> Path:
+    shp = shared_path("data", "clatsop_buildings", "clatsop_buildings.shp")
+    (root / "data").mkdir(parents=True)
+    meta, _f, geoms, values = pyogrio.raw.read(str(shp), return_fids=True)
+    gpkg = root / "data" / "buildings.gpkg"
+    pyogrio.raw.write(
+        str(gpkg), geoms, values, meta["fields"], layer="buildings", driver="GPKG",
+        geometry_type="Unknown", crs=meta["crs"],
+    )  # fmt: skip
+    (root / "style.xml").write_text(
+        CLATSOP_STYLE.format(kind="ogr", path="data/buildings.gpkg"), encoding="utf-8"
+    )
+    api.init_project(root, style=root / "style.xml", levels="0-14", force=True)
+    api.load_project(root).updated(render={"processes": 2}).save()
+    return root
+
+
+def copy_project(root: Path, to: Path) -> Path:
+    """``root`` copied to ``to/<same name>``, its style pointed at the copied data."""
+    dest = to / root.name
+    shutil.copytree(root, dest)
+    style = dest / "style.xml"
+    style.write_text(style.read_text().replace(str(root), str(dest)), encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def clatsop(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The Clatsop buildings at levels 0-14: the unseeded project, and the same project
+    seeded by the local engine with its summary (the reference, not to be modified)."""
+    base = tmp_path_factory.mktemp("clatsop")
+    template = _clatsop_project(base / "template" / "clatsop")
+    local = copy_project(template, base / "local")
+    summary = api.seed(api.load_project(local), notify=False)
+    assert summary["tiles_written"] > 500
+    return template, local, summary
+
+
+def _edit_clatsop(root: Path) -> None:
+    gpkg = root / "data" / "buildings.gpkg"
+    meta, _f, geoms, values = pyogrio.raw.read(str(gpkg), return_fids=True)
+    shp = shapely.from_wkb(geoms)
+    n = len(shp)
+    for i in range(0, n, n // 7):  # move 8 buildings spread over the file
+        shp[i] = shapely.affinity.translate(shp[i], 60, -40)
+    keep = np.ones(n, dtype=bool)
+    keep[[5, n // 2, n - 3]] = False  # delete three
+    pyogrio.raw.write(
+        str(gpkg), np.asarray(shapely.to_wkb(shp[keep]), dtype=object),
+        [v[keep] for v in values], meta["fields"], layer="buildings", driver="GPKG",
+        geometry_type="Unknown", crs=meta["crs"],
+    )  # fmt: skip
+
+
+def test_clatsop_seed_and_update_equal_local(scheduler, clatsop, tmp_path, monkeypatch):
+    # Several reading tasks per layer: the pieces must join into the full scan.
+    monkeypatch.setattr(dask_engine, "ROWS_PER_TASK", 5000)
+    template, reference, s1 = clatsop
+    dask = copy_project(template, tmp_path / "dask")
+    s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert_same(reference, dask, s1, s2)
+
+    local = copy_project(reference, tmp_path / "local")
+    _edit_clatsop(local)
+    _edit_clatsop(dask)
+    u1 = api.update(api.load_project(local), notify=False)
+    u2 = api.update(on_dask(dask, scheduler), notify=False)
+    assert 0 < u1["metatiles_rendered"] < 200
+    assert_same(local, dask, u1, u2)
+
+
+def test_distributed_read_equals_local_read(scheduler, clatsop, monkeypatch):
+    """Row ranges read on the workers give the full scan's ids, keys, boxes, fingerprints."""
+    monkeypatch.setattr(dask_engine, "ROWS_PER_TASK", 3000)
+    project = on_dask(clatsop[0], scheduler)
+    with dask_engine.DaskEngine(project) as engine:
+        remote = engine.read_layers(project)
+        fids = engine.fids["buildings"]
+    full = read_layers(project)["buildings"]
+    part = remote["buildings"]
+    assert len(part) == len(full) == 23953
+    assert np.array_equal(part.keys, full.keys)
+    assert np.array_equal(part.bounds, full.bounds)
+    assert np.array_equal(part.fingerprints, full.fingerprints)
+    assert np.array_equal(part.fids, full.fids)
+    assert np.array_equal(part.null_keys, full.null_keys)
+    # GeoPackage feature ids start at 1, in file order.
+    assert np.array_equal(fids, np.arange(1, 23954))
+
+
+def test_worker_killed_mid_seed(scheduler, clatsop, tmp_path):
+    template, reference, s1 = clatsop
+    dask = copy_project(template, tmp_path)
+    with distributed.Client(scheduler, timeout=10) as client:
+        pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    killed = []
+
+    def progress(done: int, total: int) -> None:
+        if not killed and done > 0:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(done / total)
+
+    s2 = api.seed(on_dask(dask, scheduler), notify=False, progress=progress)
+    assert killed and killed[0] < 0.5, killed  # the kill happened early in the run
+    assert_same(reference, dask, s1, s2)
+    # The nanny brings the worker back (a new process) for the next tests.
+    with distributed.Client(scheduler, timeout=10) as client:
+        client.wait_for_workers(2, timeout=60)
+        assert victim not in client.run(os.getpid).values()
+
+
+# --- faults that stop the run before it writes -----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_scheduler_is_one_line(sample_project):
+    before = sorted(p.name for p in sample_project.iterdir())
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    t = time.monotonic()
+    proc = subprocess.run(
+        [str(CLI), "seed", "--project", str(sample_project), "--scheduler", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - t < 60
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert address in lines[0] and "scheduler" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (sample_project / "cache").exists()
+    assert not (sample_project / "cache.building").exists()
+    # Only the run lock, taken before the build connects; no snapshot, no run folder.
+    state = sample_project / ".tiledelta"
+    assert sorted(p.name for p in state.iterdir()) == ["run.lock"]
+    assert sorted(p.name for p in sample_project.iterdir()) == sorted([*before, ".tiledelta"])
+
+
+def test_source_missing_on_workers_stops_before_writing(scheduler, sample_project):
+    project = on_dask(sample_project, scheduler)
+    gpkg = next(sample_project.rglob("*.gpkg"))
+    gpkg.rename(gpkg.with_suffix(".moved"))
+    with pytest.raises(
+        dask_engine.ClusterError,
+        match=r"county.gpkg does not exist on Dask worker tcp://127.0.0.1:\d+; ",
+    ):
+        api.seed(project, notify=False)
+    assert not (sample_project / "cache").exists()
+    assert not (sample_project / "cache.building").exists()
+
+
+def test_missing_extra_is_one_line(sample_project, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    project = api.with_engine(api.load_project(sample_project), "dask", None)
+    with pytest.raises(dask_engine.ClusterError, match=r"tiledelta\[dask\]"):
+        api.seed(project, notify=False)
+    assert not (sample_project / "cache").exists()
+
+
+# --- the client killed mid-run ---------------------------------------------------------
+
+SELF_KILL = """
+import os, signal, sys
+from tiledelta.stores.compact import CompactCache
+real = CompactCache.put_many
+def put_many(self, tiles):
+    n = real(self, tiles)
+    os.kill(os.getpid(), signal.SIGKILL)  # the client dies after its first bundle
+    return n
+CompactCache.put_many = put_many
+from tiledelta.cli import main
+sys.argv = ["tiledelta", "update", "--project", sys.argv[1], "--scheduler", sys.argv[2]]
+main()
+"""
+
+
+def tiles_of(root: Path) -> dict:
+    from tiledelta.stores import open_project_store
+
+    with open_project_store(api.load_project(root), create=False) as store:
+        return {a: store.get(*a) for a in store.iter_tiles()}
+
+
+def test_client_killed_mid_update_next_run_finishes(scheduler, sample_template, tmp_path):
+    root = tmp_path / "county"
+    shutil.copytree(sample_template, root)
+    api.init_project(root, style=root / "style.xml", levels="13-16", force=True)
+    api.load_project(root).updated(render={"processes": 1}).save()
+    api.seed(api.load_project(root), notify=False)
+    local, dask = two(root, tmp_path)
+    for r in (local, dask):
+        assert sample.apply_edits(r)
+    api.update(api.load_project(local), notify=False)  # the uninterrupted run
+
+    proc = subprocess.run(
+        [sys.executable, "-c", SELF_KILL, str(dask), scheduler],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert tiles_of(dask) != tiles_of(local), "the killed run finished its work: moot"
+    changes = detect_changes(api.load_project(dask))
+    assert changes.journal, "the killed run left no journal"
+    api.update(on_dask(dask, scheduler), notify=False)
+    assert tiles_of(dask) == tiles_of(local)
+    assert snapshot_of(dask) == snapshot_of(local)
+    assert not detect_changes(api.load_project(dask)).any
+
+
+def test_bad_scheduler_address_is_one_line(sample_project):
+    proc = subprocess.run(
+        [str(CLI), "seed", "--project", str(sample_project), "--scheduler", "sched:8786"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "tiledelta: error: --scheduler sched:8786: not a Dask scheduler address; give one "
+        "like tcp://host:8786"
+    ]
+    assert not (sample_project / "cache").exists()
