@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyogrio.raw
+import pyproj
 import pytest
 import shapely
 
@@ -140,9 +141,11 @@ def test_features_are_read_in_file_order_not_index_order(buildings, tmp_path: Pa
 def test_geojson_is_reprojected_and_a_wrong_key_is_named(tmp_path: Path, buildings) -> None:
     geoms, fields = buildings
     path = tmp_path / "b.geojson"
+    to_wgs84 = pyproj.Transformer.from_crs(3857, 4326, always_xy=True)
+    degrees = shapely.transform(geoms[:5], lambda xy: np.column_stack(to_wgs84.transform(*xy.T)))
     pyogrio.raw.write(
         str(path),
-        np.asarray(shapely.to_wkb(geoms[:5]), dtype=object),
+        np.asarray(shapely.to_wkb(degrees), dtype=object),
         [np.asarray(fields["kind"][:5], dtype=object)],
         ["kind"],
         driver="GeoJSON",

@@ -353,7 +353,8 @@ def test_failed_replace_keeps_old_bundle_and_no_temp(
         raise OSError("simulated crash")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="simulated crash"):
+    # One line naming the bundle (an OSError becomes a CacheError, stores/base.py).
+    with pytest.raises(CacheError, match=r"R0000C0000\.bundle: simulated crash"):
         store.put_many([(5, 1, 2, make_png(5, 1, 2)), (5, 1, 1, None)])
     monkeypatch.undo()
     assert seen and seen[0].parent == bundle.parent

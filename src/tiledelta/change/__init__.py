@@ -2,9 +2,14 @@
 data, the journal of unfinished runs, and the dirty area as GeoJSON / Esri FeatureSet."""
 
 from tiledelta.change.aoi import dirty_area, esri_feature_set, write_aoi
-from tiledelta.change.detect import Changes, detect_changes
+from tiledelta.change.detect import Changes, check_mass_delete, detect_changes
 from tiledelta.change.diff import LayerChange, diff_layer
-from tiledelta.change.journal import read_journal, write_journal
+from tiledelta.change.journal import (
+    SeedJournal,
+    read_journal,
+    record_run,
+    write_journal,
+)
 from tiledelta.change.snapshot import (
     LayerSnapshot,
     Snapshot,
@@ -21,8 +26,10 @@ __all__ = [
     "Changes",
     "LayerChange",
     "LayerSnapshot",
+    "SeedJournal",
     "Snapshot",
     "build_signature",
+    "check_mass_delete",
     "connect",
     "detect_changes",
     "diff_layer",
@@ -34,6 +41,7 @@ __all__ = [
     "measured_speed",
     "read_journal",
     "record_build",
+    "record_run",
     "state_db",
     "write_journal",
 ]

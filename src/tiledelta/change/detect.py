@@ -7,15 +7,31 @@ layer's diff gives the boxes whose tiles must be re-rendered.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tiledelta.change.diff import LayerChange, diff_layer
 from tiledelta.change.journal import read_journal
-from tiledelta.change.snapshot import LayerSnapshot, build_signature, load_snapshot
+from tiledelta.change.snapshot import LayerSnapshot, Snapshot, build_signature, load_snapshot
+from tiledelta.errors import MassDeleteError, SourceError
 from tiledelta.project import Project
-from tiledelta.sources import LayerData, read_layers
+from tiledelta.sources import LayerData, display_path, read_layers
+
+#: A layer losing fewer features than this is never a mass deletion, whatever the share.
+MASS_DELETE_FLOOR = 10
+
+
+@dataclass
+class Restyled:
+    """A layer whose symbology or labels changed, or that was added to or removed from the
+    map (styles with per-layer digests): its tiles are re-rendered wherever it drew or
+    draws, at the levels it drew or draws at, with the larger of its old and new reach."""
+
+    boxes: np.ndarray  # (n, 4) its features' old and new boxes
+    levels: list[int]  # the levels it drew at before or draws at now
+    buffer: int  # pixels: the larger of its old and new buffer
 
 
 @dataclass
@@ -29,6 +45,8 @@ class Changes:
     journal: dict[str, np.ndarray] = field(default_factory=dict)  # boxes of an unfinished run
     #: the last build's per-layer snapshot (boxes and fingerprints in draw order)
     snapshot: dict[str, LayerSnapshot] = field(default_factory=dict, repr=False)
+    #: layers whose own style changed (a Pro map's renderer or labels), or were added/removed
+    restyled: dict[str, Restyled] = field(default_factory=dict)
 
     @property
     def any(self) -> bool:
@@ -38,6 +56,7 @@ class Changes:
             or self.dropped_levels
             or any(c.changed for c in self.layers.values())
             or any(len(b) for b in self.journal.values())
+            or bool(self.restyled)
         )
 
     def as_dict(self) -> dict:
@@ -47,6 +66,7 @@ class Changes:
             "new_levels": self.new_levels,
             "dropped_levels": self.dropped_levels,
             "unfinished_run": bool(self.journal),
+            "restyled": sorted(self.restyled),
         }
 
     def change_boxes(self) -> dict[str, np.ndarray]:
@@ -54,12 +74,15 @@ class Changes:
         return {name: c.boxes for name, c in self.layers.items() if len(c.boxes)}
 
     def boxes(self) -> dict[str, np.ndarray]:
-        """Dirty boxes per layer (old and new places, plus an unfinished run's)."""
+        """Dirty boxes per layer (old and new places, plus an unfinished run's, plus every
+        box of a restyled layer)."""
         out = {}
-        for name in set(self.layers) | set(self.journal):
+        for name in set(self.layers) | set(self.journal) | set(self.restyled):
             parts = [self.layers[name].boxes] if name in self.layers else []
             if name in self.journal:
                 parts.append(self.journal[name])
+            if name in self.restyled:
+                parts.append(self.restyled[name].boxes)
             out[name] = np.concatenate([np.asarray(p).reshape(-1, 4) for p in parts])
         return out
 
@@ -91,6 +114,9 @@ def detect_changes(
         if old.get(key) != sig[key]:
             ch.rebuild = what
             return ch
+    if _order_changed(old.get("layer_styles") or {}, sig["layer_styles"]):
+        ch.rebuild = "the map draws its layers in another order"
+        return ch
     ch.new_levels = sorted(set(levels) - set(old.get("levels", [])))
     ch.dropped_levels = sorted(set(old.get("levels", [])) - set(levels))
     layers = layers if layers is not None else read_layers(project)
@@ -101,6 +127,102 @@ def detect_changes(
             and old.get("keyed", {}).get(name, False)
             and old.get("keys", {}).get(name) == sig["keys"][name]
         )
+        _check_null_geometries(project, name, snap.layers.get(name), data)
+        if not keyed and data.fids is not None and _key_set_since(old, name, data):
+            # The last build matched rows by feature id; a key was set since: match by
+            # feature id once more, so an edited feature is "modified" from this run on.
+            data = dataclasses.replace(data, keys=data.fids)
+            keyed = True
         ch.layers[name] = diff_layer(snap.layers.get(name), data, keyed)
     ch.snapshot = snap.layers
+    ch.restyled = _restyled(old.get("layer_styles") or {}, sig["layer_styles"], snap, layers)
     return ch
+
+
+def _key_set_since(old: dict, name: str, data: LayerData) -> bool:
+    """Whether ``name`` has a key now and had none at the last build, whose snapshot then
+    holds the rows' feature ids, which ``data`` has too (file readers)."""
+    return (
+        data.keyed
+        and data.fids is not None
+        and not old.get("keyed", {}).get(name, False)
+        and old.get("keys", {}).get(name) is None
+    )
+
+
+def _restyled(
+    old: dict[str, dict], new: dict[str, dict], snap: Snapshot, layers: dict[str, LayerData]
+) -> dict[str, Restyled]:
+    """Layers whose digest changed, or that are in only one of the two builds."""
+    out = {}
+    for name in list(old) + [n for n in new if n not in old]:
+        o, n = old.get(name), new.get(name)
+        if o is not None and n is not None and o.get("digest") == n.get("digest"):
+            continue
+        parts = []
+        if name in snap.layers:
+            parts.append(np.asarray(snap.layers[name].bounds).reshape(-1, 4))
+        if name in layers:
+            parts.append(np.asarray(layers[name].bounds).reshape(-1, 4))
+        sides = [x for x in (o, n) if x is not None]
+        out[name] = Restyled(
+            boxes=np.concatenate(parts) if parts else np.zeros((0, 4)),
+            levels=sorted({lv for x in sides for lv in x.get("levels", [])}),
+            buffer=max(int(x.get("buffer", 0)) for x in sides),
+        )
+    return out
+
+
+def _order_changed(old: dict[str, dict], new: dict[str, dict]) -> bool:
+    """Whether the layers in both builds are drawn in another order now."""
+    common = set(old) & set(new)
+    return [n for n in old if n in common] != [n for n in new if n in common]
+
+
+def _where(project: Project, name: str) -> str:
+    for src in project.style.layers:
+        if src.name == name:
+            return display_path(src)
+    return name
+
+
+def _check_null_geometries(
+    project: Project, name: str, old: LayerSnapshot | None, data: LayerData
+) -> None:
+    """:class:`SourceError` when a feature the last build drew now has no geometry: the
+    source was read incompletely (GDAL gives a cut shapefile's records no geometry), so
+    deleting its tiles would be wrong."""
+    if old is None or not len(data.null_keys) or not len(old.keys):
+        return
+    okeys, nulls = np.asarray(old.keys), np.asarray(data.null_keys)
+    if okeys.dtype.kind != nulls.dtype.kind or object in (okeys.dtype, nulls.dtype):
+        okeys, nulls = okeys.astype(str), nulls.astype(str)
+    lost = np.intersect1d(okeys, nulls)
+    if len(lost):
+        first = lost[0].item() if isinstance(lost[0], np.generic) else lost[0]
+        raise SourceError(
+            f"layer {name!r}: {len(lost):,} feature(s) of {_where(project, name)} that had a "
+            f"geometry at the last build have none now (such as {first!r}): the data looks "
+            "incomplete; check the source, or remove those rows to delete them"
+        )
+
+
+def check_mass_delete(project: Project, changes: Changes) -> None:
+    """:class:`MassDeleteError` when an update would delete more of a layer than its
+    ``max_delete_share`` (``[layers.NAME]``, else ``[update]``) of the last build's
+    features, net of additions (and at least :data:`MASS_DELETE_FLOOR` features)."""
+    cfg = project.config
+    for name, c in changes.layers.items():
+        snap = changes.snapshot.get(name)
+        before = len(snap.keys) if snap is not None else 0
+        lost = c.deleted - c.added
+        layer_cfg = cfg.layers.get(name)
+        share = cfg.update.max_delete_share
+        if layer_cfg is not None and layer_cfg.max_delete_share is not None:
+            share = layer_cfg.max_delete_share
+        if before and lost >= MASS_DELETE_FLOOR and lost > share * before:
+            raise MassDeleteError(
+                f"layer {name!r}: this update would delete {lost:,} of {before:,} features "
+                f"({lost / before:.0%}, more than max_delete_share {share:.0%}) from "
+                f"{_where(project, name)}; check the data, or rerun with --allow-mass-delete"
+            )

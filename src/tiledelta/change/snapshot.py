@@ -15,11 +15,17 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from tiledelta.change.raster import SCHEMA as RASTER_SCHEMA
+from tiledelta.change.raster import record_raster_files
+from tiledelta.errors import DiskFull, StateBusy, StateError, TileDeltaError
+from tiledelta.grid import mapnik_scale_denominator
 from tiledelta.project import Project
 from tiledelta.sources import LayerData
+from tiledelta.style import visible_levels
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,12 +46,102 @@ def state_db(project: Project, target: str = "local") -> Path:
     return project.state_dir / name
 
 
+#: Seconds to wait for another process's lock on the state database before saying so.
+BUSY_TIMEOUT = 3.0
+
+
+def state_error(exc: sqlite3.Error, path: Path) -> TileDeltaError:
+    """One line for an SQLite error on the state database ``path``, saying what to do."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StateBusy(
+            f"{path}: another process holds it locked ({text}); wait for it to finish and try again"
+        )
+    if "full" in text or "disk I/O error" in text:
+        return DiskFull(
+            f"{path}: a write failed ({text}): the disk may be full; free some space there"
+        )
+    if "readonly" in text or "unable to open" in text:
+        return StateError(
+            f"{path}: cannot write it ({text}); make {path.parent} and the file writable"
+        )
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StateError(
+            f"{path} is damaged ({text}); move it away and run 'tiledelta seed' to rebuild "
+            "the cache and its snapshot"
+        )
+    return StateError(f"{path}: {text}")
+
+
+class _StateConnection(sqlite3.Connection):
+    """A connection to a state database whose errors are one-line :class:`StateError`s."""
+
+    state_path: Path = Path("state.sqlite")
+
+    def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.state_path) from exc
+
+    def executemany(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().executemany(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.state_path) from exc
+
+    def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().executescript(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.state_path) from exc
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.state_path) from exc
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return super().__exit__(*exc_info)
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.state_path) from exc
+
+
+def make_state_dir(project: Project) -> Path:
+    """``.tiledelta`` (created when absent); :class:`StateError` when it cannot be."""
+    d = project.state_dir
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StateError(
+            f"{d} is a file, not a folder: tiledelta keeps its state there; move the file away"
+        ) from None
+    except OSError as exc:
+        what = exc.strerror or str(exc)
+        raise StateError(f"{d}: cannot create it ({what}); make {d.parent} writable") from None
+    return d
+
+
 def connect(project: Project, target: str = "local") -> sqlite3.Connection:
-    project.state_dir.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(state_db(project, target), timeout=30)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=FULL")
-    con.executescript(SCHEMA)
+    """The state database of ``target``, created when absent; its errors are one line
+    (:class:`StateError`, :class:`StateBusy` after :data:`BUSY_TIMEOUT` seconds)."""
+    make_state_dir(project)
+    path = state_db(project, target)
+    try:
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, factory=_StateConnection)
+    except sqlite3.Error as exc:
+        raise state_error(exc, path) from exc
+    assert isinstance(con, _StateConnection)
+    con.state_path = path
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript(SCHEMA + RASTER_SCHEMA)
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -58,7 +154,19 @@ def _pack(a: np.ndarray) -> bytes:
 
 
 def _unpack(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(b), allow_pickle=False)
+    """The array ``_pack`` stored, read-only over the blob's own bytes (no copy: at ten
+    million features a copy doubles the snapshot in memory while it loads)."""
+    buf = io.BytesIO(b)
+    version = np.lib.format.read_magic(buf)
+    if version not in ((1, 0), (2, 0)):
+        return np.load(io.BytesIO(b), allow_pickle=False)
+    read = np.lib.format.read_array_header_1_0
+    if version == (2, 0):
+        read = np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(buf)
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(b, dtype=dtype, count=count, offset=buf.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 #: Bumped when what a snapshot records changes meaning (2: fingerprints of the geometry as
@@ -84,6 +192,29 @@ def build_signature(project: Project, levels: list[int]) -> dict:
         "extent": list(project.extent) if project.extent else None,
         "keys": {lyr.name: project.key_field(lyr.name) for lyr in project.style.layers},
         "levels": levels,
+        "layer_styles": layer_styles(project, levels),
+    }
+
+
+def layer_styles(project: Project, levels: list[int]) -> dict[str, dict]:
+    """Per layer of a style with per-layer digests (a Pro map): its digest, the levels it
+    draws at and its buffer, so a symbology edit rebuilds that layer's levels only (and
+    the levels and reach it had before). Empty for a Mapnik XML style."""
+    style = project.style
+    if not style.layer_digests:
+        return {}
+    scheme = project.scheme
+    vis = visible_levels(
+        style.xml_without_datasources, levels, lambda lv: mapnik_scale_denominator(scheme, lv)
+    )
+    default = project.settings.buffer
+    return {
+        lyr.name: {
+            "digest": style.layer_digests.get(lyr.name, ""),
+            "levels": vis.get(lyr.name, []),
+            "buffer": default if lyr.buffer_size is None else lyr.buffer_size,
+        }
+        for lyr in style.layers
     }
 
 
@@ -116,6 +247,7 @@ def record_build(
                 for name, d in layers.items()
             ],
         )
+        record_raster_files(con, layers)  # raster layers: each file's header and blocks
         con.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig),))
         if clear_journal:
             con.execute("DELETE FROM meta WHERE key='journal'")
@@ -146,6 +278,8 @@ class Snapshot:
 
 def load_snapshot(project: Project, target: str = "local") -> Snapshot | None:
     """The last build's snapshot, or None before the first build."""
+    if project.state_dir.exists() and not project.state_dir.is_dir():
+        make_state_dir(project)  # the one-line StateError: .tiledelta is a file
     if not state_db(project, target).exists():
         return None
     with closing(connect(project, target)) as con:
@@ -170,7 +304,10 @@ def measured_speed(project: Project) -> float | None:
     for (text,) in rows:
         s = json.loads(text or "{}")
         mt = s.get("metatiles_rendered", 0)
-        t = s.get("stages", {}).get("render_write") or s.get("seconds", 0)
+        st = s.get("stages", {})
+        # render_write, or (since stages are split) render + write, else the whole run
+        t = st.get("render_write") or st.get("render", 0) + st.get("write", 0)
+        t = t or s.get("seconds", 0)
         if mt and t:
             n, secs = n + mt, secs + t
     return n / secs if secs else None

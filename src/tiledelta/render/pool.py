@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 
 from tiledelta.config import RenderSettings
+from tiledelta.errors import DiskFull, RenderTimeout, os_error
 from tiledelta.grid import BUNDLE_PACKET, Bounds, TilingScheme, metatile_tiles
 from tiledelta.plan import TilePlan
 from tiledelta.project import Project
 from tiledelta.render._mapnik import mapnik
+from tiledelta.render.lifeline import bind_to_parent
 from tiledelta.render.renderer import Renderer
 from tiledelta.render.stats import BlankFill, RunStats, TileResult
 from tiledelta.render.throttle import Throttle
@@ -29,11 +33,36 @@ CHUNK = 8  # meta-tiles per task
 
 _renderer: Renderer | None = None
 
+#: A task: (level, [(mrow, mcol, wanted tiles or None), ...]).
+Task = tuple[int, list[tuple[int, int, tuple | None]]]
+#: Renders tasks elsewhere, yielding each task's tiles in task order.
+Executor = Callable[[Iterator[Task]], Iterator[list[TileResult]]]
 
-def _init(style: Style, scheme: TilingScheme, layers: dict[str, LayerData], settings) -> None:
+
+def _init(
+    style: Style,
+    scheme: TilingScheme,
+    layers: dict[str, LayerData],
+    settings,
+    parent: int | None = None,
+) -> None:
     global _renderer
+    if parent is not None:  # a worker process: it dies with the run (render/lifeline.py)
+        bind_to_parent(parent)
+        # Ctrl-C signals the whole process group: the parent stops the run and ends the
+        # pool; a worker that raised KeyboardInterrupt too would print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # SIGTERM (to the group, or the pool's own terminate()): leave by SystemExit, so a
+        # worker waiting for a task lets go of the pool's queue lock; one killed holding it
+        # would hang the parent's Pool.terminate() for ever.
+        signal.signal(signal.SIGTERM, _leave)
     mapnik.clear_cache()
     _renderer = Renderer(style, scheme, layers, settings)
+
+
+def _leave(signum: int, _frame: object) -> None:
+    """A worker's SIGTERM handler: exit quietly, unwinding (locks released)."""
+    raise SystemExit(128 + signum)
 
 
 def _work(task: tuple[int, list[tuple[int, int, tuple | None]]]) -> list[TileResult]:
@@ -65,6 +94,43 @@ def _tasks(scheme: TilingScheme, plan: TilePlan) -> tuple[list, dict[tuple, int]
     return tasks, per_group
 
 
+def _space_needed(nbytes: int, ntiles: int, total: int, done: int) -> str:
+    """How much more space the run needed: the tiles left of the plan at the bytes per
+    rendered tile of those written so far (``nbytes`` over ``ntiles``, the failed batch
+    included), plus that batch."""
+    if not ntiles or not done:
+        return f"(the run planned {total:,} tiles)"
+    per_rendered = nbytes / done
+    left = max(total - done, 0)
+    return (
+        f"(the run needed about {(left * per_rendered + nbytes) / 1e6:,.1f} MB: "
+        f"{left:,} of {total:,} tiles left to draw, {nbytes / ntiles / 1e3:,.1f} kB per tile "
+        "stored so far)"
+    )
+
+
+def _bounded(
+    results: Iterator[list[TileResult]], tasks: list, timeout: float | None
+) -> Iterator[list[TileResult]]:
+    """``results`` (a pool's ``imap``), each awaited at most ``timeout`` seconds per
+    meta-tile of its task; :class:`RenderTimeout` naming the task's first meta-tile."""
+    for _key, (level, items) in tasks:
+        try:
+            if timeout is None:
+                yield next(results)
+            else:
+                yield results.next(timeout=timeout * len(items))  # type: ignore[attr-defined]
+        except mp.TimeoutError:
+            mrow, mcol, _ = items[0]
+            n = len(items) - 1
+            more = f" or one of the {n} meta-tile(s) after it" if n else ""
+            raise RenderTimeout(
+                f"level {level}, meta-tile row {mrow} col {mcol}{more}: rendering took longer "
+                f"than [render] metatile_timeout = {timeout:g} s; look for a huge feature or "
+                "label there, or raise the timeout"
+            ) from None
+
+
 def worker_count(requested: int) -> int:
     return requested if requested > 0 else (os.cpu_count() or 1)
 
@@ -83,6 +149,8 @@ def run_plan(
     throttle: Callable[[int], None] | None = None,
     before: Callable[[list], None] | None = None,
     blank: BlankFill | None = None,
+    executor: Executor | None = None,
+    timeout: float | None = None,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
@@ -94,6 +162,11 @@ def run_plan(
     (updates keep it for the viewer's before/after swipe).
     ``throttle(n)`` is called with a chunk's tile count before the chunk goes to a
     worker; it sleeps to cap the render rate (:class:`~tiledelta.render.throttle.Throttle`).
+    ``executor`` renders the tasks elsewhere instead of the local pool (the Dask engine,
+    :mod:`~tiledelta.render.dask_engine`): it takes the tasks and yields their results in
+    the same order; writing stays here.
+    ``timeout`` bounds a meta-tile's render in worker processes, in seconds
+    (:class:`~tiledelta.errors.RenderTimeout` naming the level and meta-tile).
     """
     stats = RunStats(metatiles=plan.metatile_count)
     tasks, per_group = _tasks(scheme, plan)
@@ -102,38 +175,49 @@ def run_plan(
     stats.planned = plan.tile_count(scheme)
     total = sum(stats.planned.values())
     done = [0]
+    written = [0, 0]  # bytes and tiles written so far (for a full disk's estimate)
     pending: dict[tuple, list[TileResult]] = {}
     left = dict(per_group)
 
     def flush(key: tuple) -> None:
         results = pending.pop(key, [])
-        stats.tiles_rendered += len(results)
+        t0 = time.perf_counter()
         old = store.get_many([(lv, r, c) for lv, r, c, _ in results]) if compare else {}
         writes: list[tuple[int, int, int, bytes | None]] = []
+        # Each rendered tile is written, unchanged or blank (render/stats.py: COUNTS).
         for lv, r, c, data in results:
+            stats.count("rendered", lv)
             prev = old.get((lv, r, c))
             if data is None:
-                stats.tiles_blank += 1
+                stats.count("blank", lv)
                 if blank is not None and blank.covers(lv, r, c):
-                    data = blank.data
+                    if prev != blank.data:
+                        writes.append((lv, r, c, blank.data))
+                        stats.count("blank_stored", lv)
                 elif prev is not None:
                     writes.append((lv, r, c, None))
-                    stats.tiles_removed += 1
-                    continue
-                else:
-                    continue
-            if prev == data:
-                stats.tiles_unchanged += 1
+                    stats.count("removed", lv)
+            elif prev == data:
+                stats.count("unchanged", lv)
             else:
                 writes.append((lv, r, c, data))
-                stats.tiles_written += 1
-                stats.count_level(lv)
+                stats.count("written", lv)
         if writes:
             if before is not None:
                 before([((lv, r, c), old.get((lv, r, c))) for lv, r, c, _ in writes])
-            store.put_many(writes)
+            try:
+                store.put_many(writes)
+            except DiskFull as exc:
+                batch = sum(len(d) for _lv, _r, _c, d in writes if d is not None)
+                need = _space_needed(written[0] + batch, written[1] + len(writes), total, done[0])
+                raise DiskFull(f"{exc} {need}") from exc
+            except OSError as exc:
+                raise os_error(exc, store.path) from exc
+            written[0] += sum(len(d) for _lv, _r, _c, d in writes if d is not None)
+            written[1] += len(writes)
             if compare:
                 stats.changed.extend((lv, r, c) for lv, r, c, _ in writes)
+        stats.write_seconds += time.perf_counter() - t0
 
     def consume(results_iter: Iterator[list[TileResult]]) -> None:
         for (key, _task), results in zip(tasks, results_iter, strict=True):
@@ -152,6 +236,9 @@ def run_plan(
             yield task
 
     meta = plan.metatile
+    if executor is not None:
+        consume(executor(feed()))
+        return stats
     nproc = min(worker_count(processes), len(tasks))
     log.info(
         "rendering %d meta-tiles in %d tasks with %d process(es)",
@@ -164,8 +251,9 @@ def run_plan(
         consume(_work(t) for t in feed())
         return stats
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(nproc, initializer=_init, initargs=(style, scheme, layers, settings)) as pool:
-        consume(pool.imap(_work, feed(), chunksize=1))
+    initargs = (style, scheme, layers, settings, os.getpid())
+    with ctx.Pool(nproc, initializer=_init, initargs=initargs) as pool:
+        consume(_bounded(pool.imap(_work, feed(), chunksize=1), tasks, timeout))
     return stats
 
 
@@ -179,6 +267,7 @@ def run_project_plan(
     progress: Callable[[int, int], None] | None = None,
     before: Callable[[list], None] | None = None,
     blank: BlankFill | None = None,
+    executor: Executor | None = None,
 ) -> RunStats:
     """:func:`run_plan` with the project's style, scheme, settings, process count and
     tile-rate cap."""
@@ -197,6 +286,8 @@ def run_project_plan(
         throttle=throttle,
         before=before,
         blank=blank,
+        executor=executor,
+        timeout=project.config.render.metatile_timeout,
     )
 
 

@@ -7,14 +7,22 @@ import contextlib
 import email.utils
 import hashlib
 import json
+import logging
+import os
 import re
+import stat
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC, TileHit
+from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC, TileHit, confined
+
+log = logging.getLogger(__name__)
+#: Largest file the server reads whole (run files, Leaflet's files).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 INT = re.compile(r"[0-9]{1,10}", re.ASCII)
@@ -107,3 +115,32 @@ def parse_int(text: str | None) -> int | None:
 
 def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
+
+
+def confined_path(root: Path, path: Path) -> str | None:
+    """The real path of ``path`` when it resolves (symlinks followed) inside the folder
+    ``root`` (itself resolved), else None with a warning: the cache's rule, for every
+    other file the server reads (run files, ``before.sqlite``, Leaflet)."""
+    return confined(os.path.realpath(root), path)
+
+
+def read_confined(root: Path, path: Path) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file inside ``root`` (see
+    :func:`confined_path`), read without following a symlink swapped in meanwhile; None
+    when absent, outside, not a regular file, unreadable or over :data:`MAX_FILE_BYTES`."""
+    real = confined_path(root, path)
+    if real is None:
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(real, flags)
+    except OSError as exc:
+        if not isinstance(exc, FileNotFoundError | NotADirectoryError):
+            log.warning("cannot read %s: %s", real, exc.strerror)
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            return None
+        return fh.read(MAX_FILE_BYTES + 1)

@@ -18,7 +18,9 @@
   install, from ``tiledelta/static/vendor/leaflet``. Nothing is fetched from a CDN: the
   page works offline. Only the fixed file names below are served.
 
-Request paths are only ever matched against fixed names, never joined to a folder.
+Request paths are only ever matched against fixed names, never joined to a folder; and
+every file read must resolve inside its folder (the run folders, Leaflet's ``dist``), as
+tiles must inside the cache: a symlink pointing elsewhere is treated as absent.
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ import sqlite3
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from tiledelta.project import Project
-from tiledelta.runs.folder import BEFORE_FILE, before_tile, latest_run
+from tiledelta.runs.folder import BEFORE_FILE, before_tile, latest_run, runs_dir
 from tiledelta.serve.http import (
     NO_CACHE,
     TILE_NAME,
+    confined_path,
     error_response,
     json_response,
     parse_int,
+    read_confined,
     tile_response,
 )
 from tiledelta.stores import TileHit
@@ -117,7 +121,10 @@ def _before_info(folder: Path) -> tuple[int, frozenset] | None:
     """(tiles kept, tiles the run changed but ``before.sqlite`` lacks) for a run folder; the
     second set is empty unless the file hit its size cap. None without the file. Cached
     per file state: the viewer asks once per tile."""
-    path = folder / BEFORE_FILE
+    real = confined_path(folder.parent, folder / BEFORE_FILE)
+    if real is None:
+        return None
+    path = Path(real)
     try:
         st = path.stat()
     except OSError:
@@ -125,7 +132,7 @@ def _before_info(folder: Path) -> tuple[int, frozenset] | None:
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key in _unkept_cache:
         return _unkept_cache[key]
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
     try:
         kept = {tuple(r) for r in con.execute("SELECT level, row, col FROM tiles")}
     except sqlite3.DatabaseError:
@@ -148,10 +155,10 @@ def routes(project: Project) -> list[Route]:
         folder = latest_run(project)
         if folder is None:
             return error_response(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
-        path = folder / entry[0]
-        if not path.is_file():
+        body = read_confined(runs_dir(project), folder / entry[0])
+        if body is None:
             return error_response(404, f"the last run ({folder.name}) recorded no {entry[0]}")
-        return FileResponse(path, media_type=entry[1], headers=NO_CACHE)
+        return Response(body, media_type=entry[1], headers=NO_CACHE)
 
     def before_json(request: Request) -> Response:
         folder = latest_run(project)
@@ -179,7 +186,6 @@ def routes(project: Project) -> list[Route]:
         folder = latest_run(project)
         if folder is None:
             return error_response(404, "no run yet: run `tiledelta seed` and `tiledelta update`")
-        path = folder / BEFORE_FILE
         info = _before_info(folder)
         if info is None:
             return error_response(404, f"the last run ({folder.name}) kept no tiles from before it")
@@ -193,7 +199,8 @@ def routes(project: Project) -> list[Route]:
             if data is None:
                 return error_response(404, "the tile did not exist before the last run")
             # Revalidated every time (max-age=0): "latest" moves with the next run.
-            return tile_response(request, TileHit(bytes(data), path.stat().st_mtime), 0)
+            mtime = (folder / BEFORE_FILE).stat().st_mtime
+            return tile_response(request, TileHit(bytes(data), mtime), 0)
         if svc is None:  # mounted without the tile service: let /tiles/ answer
             return RedirectResponse(f"/tiles/{z}/{x}/{p['name']}", status_code=307)
         hit = svc.tile(z, y, x)
@@ -208,10 +215,10 @@ def routes(project: Project) -> list[Route]:
         folder = leaflet_dir()
         if folder is None:
             return error_response(404, LEAFLET_HINT)
-        path = folder / entry[0]
-        if not path.is_file():
+        body = read_confined(folder, folder / entry[0])
+        if body is None:
             return error_response(404, f"{entry[0]} is missing from {folder}")
-        return FileResponse(path, media_type=entry[1], headers={"Cache-Control": "max-age=3600"})
+        return Response(body, media_type=entry[1], headers={"Cache-Control": "max-age=3600"})
 
     return [
         Route("/runs/latest/before.json", before_json, methods=["GET", "HEAD"]),

@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import time
 
+from tiledelta.grid import Bounds
 from tiledelta.project import Project
 from tiledelta.sources import gdal, postgis
 from tiledelta.sources.gdal import describe, list_layers
+from tiledelta.sources.raster import RasterLayerData, check_raster_buffer, read_raster_layer
 from tiledelta.sources.types import (
     LayerData,
     RawLayer,
@@ -26,10 +28,11 @@ from tiledelta.sources.types import (
     fingerprints,
     layer_data,
 )
-from tiledelta.style import LayerSource
+from tiledelta.style import RASTER_TYPES, LayerSource
 
 __all__ = [
     "LayerData",
+    "RasterLayerData",
     "RawLayer",
     "boxes_extent",
     "data_extent",
@@ -44,15 +47,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def read_layer(src: LayerSource, target_crs: str, key: str | None = None) -> LayerData:
+def read_layer(
+    src: LayerSource, target_crs: str, key: str | None = None, valid: Bounds | None = None
+) -> LayerData:
     """Read every feature of ``src`` in a stable order, reprojected to ``target_crs``.
 
     Files are read with GDAL in full-scan order; PostGIS layers with psycopg in key order
     (:mod:`tiledelta.postgis`). Features with no geometry are skipped (Mapnik draws nothing
     for them). ``key`` names a field whose value identifies a feature across edits.
+    ``valid`` is the scheme's extent: a feature outside it is a :class:`SourceError`.
     """
     raw = postgis.read_raw(src, key) if src.kind == "postgis" else gdal.read_raw(src, key)
-    return layer_data(src, raw, target_crs)
+    return layer_data(src, raw, target_crs, valid)
 
 
 def display_path(src: LayerSource) -> str:
@@ -62,10 +68,23 @@ def display_path(src: LayerSource) -> str:
 
 def read_layers(project: Project) -> dict[str, LayerData]:
     """Every style layer's features, in scheme CRS and stable order."""
-    out = {}
+    out: dict[str, LayerData] = {}
     for src in project.style.layers:
         t = time.perf_counter()
-        out[src.name] = read_layer(src, project.scheme.crs, project.key_field(src.name))
+        if src.kind in RASTER_TYPES:  # blocks of pixels (sources/raster.py)
+            check_raster_buffer(src, project.settings.buffer)
+            cfg = project.config.layers.get(src.name)
+            out[src.name] = read_raster_layer(
+                src,
+                project.scheme.crs,
+                project.scheme.extent,
+                trust_mtime=bool(cfg and cfg.trust_mtime),
+                state=project.state_dir / "state.sqlite",
+            )
+        else:
+            out[src.name] = read_layer(
+                src, project.scheme.crs, project.key_field(src.name), project.scheme.extent
+            )
         log.info(
             "read %s: %d features in %.2f s", src.name, len(out[src.name]), time.perf_counter() - t
         )

@@ -7,7 +7,8 @@ sees it: empty geometries dropped, reprojected to the scheme CRS, boxed and fing
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -19,6 +20,8 @@ import shapely
 from tiledelta.errors import SourceError
 from tiledelta.grid import Bounds
 from tiledelta.style import LayerSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +35,11 @@ class LayerData:
     attrs: dict[str, list]  # attribute name -> python values, only those the style uses
     fingerprints: np.ndarray  # (n,) uint64 hash of geometry + used attributes
     keyed: bool = False  # keys identify features across edits (key field, primary key)
+    #: keys of the rows read with no geometry (left out above; see ``change.diff``)
+    null_keys: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    #: GDAL feature ids of the rows (file readers; None otherwise): a build from before a
+    #: key was set matched rows by them (``change.detect``)
+    fids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.wkb)
@@ -48,6 +56,7 @@ class RawLayer:
     crs: str | None  # the data's CRS (None: use the layer's srs)
     label: str  # what to call the data in messages (never holds a password)
     keyed: bool = False  # ids identify features across edits (not row numbers)
+    fids: np.ndarray | None = None  # GDAL feature ids of the rows (file readers)
 
 
 def require_fields(src: LayerSource, fields: list[str], key: str | None, shown: str) -> None:
@@ -65,7 +74,9 @@ def require_fields(src: LayerSource, fields: list[str], key: str | None, shown: 
         )
 
 
-def _transformer(src_crs: str | None, src: LayerSource, target: pyproj.CRS, label: str):
+def _transformer(
+    src_crs: str | None, src: LayerSource, target: pyproj.CRS, label: str
+) -> tuple[pyproj.Transformer | None, pyproj.CRS]:
     # As Mapnik: the <Layer srs> decides where features are; the data's own CRS (a .prj,
     # a GeoPackage's srs) is used only when the layer declares none.
     crs_text = src.srs or src_crs
@@ -79,8 +90,8 @@ def _transformer(src_crs: str | None, src: LayerSource, target: pyproj.CRS, labe
     except pyproj.exceptions.CRSError as exc:
         raise SourceError(f"layer {src.name!r}: unknown CRS {crs_text!r} ({exc})") from exc
     if crs.equals(target, ignore_axis_order=True):
-        return None
-    return pyproj.Transformer.from_crs(crs, target, always_xy=True)
+        return None, crs
+    return pyproj.Transformer.from_crs(crs, target, always_xy=True), crs
 
 
 def _value(v):
@@ -101,29 +112,148 @@ def _value(v):
     return v
 
 
-def layer_data(src: LayerSource, raw: RawLayer, target_crs: str) -> LayerData:
-    """Drop empty geometries, reproject, box and fingerprint: the same for every reader."""
+#: Longest text value (label, filter field) kept; longer ones are cut, with a warning.
+MAX_TEXT_CHARS = 1000
+#: Largest |x| / |y| of coordinates in degrees (longitudes may run past ±180, never past ±360).
+MAX_LON, MAX_LAT = 360.0, 90.0
+
+
+def _check_coordinates(src: LayerSource, raw: RawLayer, shp: np.ndarray, crs: pyproj.CRS) -> None:
+    """:class:`SourceError` naming the layer, its file and its CRS when a coordinate of the
+    data is NaN or infinite, or (a geographic ``crs``) not degrees: metres in a layer
+    declared WGS 84."""
+    if not len(shp):
+        return
+    if not np.isfinite(shapely.get_coordinates(shp)).all():
+        xy, index = shapely.get_coordinates(shp, return_index=True)
+        bad = ~np.isfinite(xy).all(axis=1)
+        i = int(index[np.argmax(bad)])
+        raise SourceError(
+            f"layer {src.name!r}: {raw.label} has a NaN or infinite coordinate in the data "
+            f"(feature {raw_key(raw, i)!r}, {int(bad.sum())} coordinate(s) in all; layer CRS "
+            f"{_crs_name(crs)}); fix the data or the layer's CRS"
+        )
+    if crs.is_geographic:
+        b = shapely.bounds(shp)  # exact: every coordinate is finite by now
+        off = (np.abs(b[:, [0, 2]]) > MAX_LON).any(axis=1) | (np.abs(b[:, [1, 3]]) > MAX_LAT).any(
+            axis=1
+        )
+        if off.any():
+            i = int(np.argmax(off))
+            x, y = b[i, 0], b[i, 1]
+            raise SourceError(
+                f"layer {src.name!r}: {raw.label} has coordinates such as ({x:.6g}, {y:.6g}) "
+                f"(feature {raw_key(raw, i)!r}) that are not degrees, yet the layer's CRS is "
+                f"{_crs_name(crs)}; fix the .prj or the layer's srs"
+            )
+
+
+def _crs_name(crs: pyproj.CRS) -> str:
+    auth = crs.to_authority()
+    return f"{crs.name} ({':'.join(auth)})" if auth else crs.name
+
+
+def raw_key(raw: RawLayer, i: int) -> object:
+    """The key (or feature id) of the ``i``-th row kept, for messages."""
+    v = raw.ids[i] if i < len(raw.ids) else i
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _check_extent(
+    src: LayerSource, raw: RawLayer, bounds: np.ndarray, valid: Bounds, crs_name: str
+) -> None:
+    """:class:`SourceError` when a feature's box lies outside the scheme's extent: it can
+    be drawn in no tile, which means the data's CRS is wrong."""
+    if not len(bounds):
+        return
+    out = (
+        (bounds[:, 2] < valid.xmin)
+        | (bounds[:, 0] > valid.xmax)
+        | (bounds[:, 3] < valid.ymin)
+        | (bounds[:, 1] > valid.ymax)
+    )
+    if out.any():
+        i = int(np.argmax(out))
+        raise SourceError(
+            f"layer {src.name!r}: {int(out.sum())} feature(s) of {raw.label} (such as "
+            f"{raw_key(raw, i)!r}) lie outside the tiling scheme's extent once projected from "
+            f"{crs_name}; check the layer's CRS (.prj or srs)"
+        )
+
+
+def _cap_text(layer: str, attr: str, values: list, keys: np.ndarray) -> None:
+    """Cut text values longer than :data:`MAX_TEXT_CHARS` in place, with one warning: a
+    label of megabytes makes Mapnik's text layout run for ever or fail (``std::bad_alloc``),
+    and no map shows more than a few words of one."""
+    long = [i for i, v in enumerate(values) if isinstance(v, str) and len(v) > MAX_TEXT_CHARS]
+    if not long:
+        return
+    longest = max(len(values[i]) for i in long)
+    for i in long:
+        values[i] = values[i][:MAX_TEXT_CHARS]
+    log.warning(
+        "layer %r: %d value(s) of field %r are longer than %d characters (up to %d, e.g. "
+        "feature %r); drawn and compared cut to %d",
+        layer,
+        len(long),
+        attr,
+        MAX_TEXT_CHARS,
+        longest,
+        keys[long[0]].item() if isinstance(keys[long[0]], np.generic) else keys[long[0]],
+        MAX_TEXT_CHARS,
+    )
+
+
+def layer_data(
+    src: LayerSource, raw: RawLayer, target_crs: str, valid: Bounds | None = None
+) -> LayerData:
+    """Drop empty geometries, reproject, box and fingerprint: the same for every reader.
+
+    :class:`SourceError` for a NaN or infinite coordinate (before or after reprojection),
+    coordinates that cannot be degrees in a geographic CRS, and features outside ``valid``
+    (the scheme's extent) once reprojected.
+    """
     geoms = raw.wkb
     keep = np.array([g is not None and len(g) > 0 for g in geoms], dtype=bool)
     shp = shapely.from_wkb(geoms[keep]) if keep.any() else np.array([], dtype=object)
     nonempty = ~shapely.is_empty(shp) if len(shp) else np.array([], dtype=bool)
     idx = np.flatnonzero(keep)[nonempty]
+    null_idx = np.setdiff1d(np.arange(len(geoms)), idx)
     shp = shp[nonempty]
     src_wkb = geoms[idx]
+    kept = RawLayer(raw.wkb, raw.fields, np.asarray(raw.ids)[idx], raw.crs, raw.label)
 
     target = pyproj.CRS.from_user_input(target_crs)
-    tr = _transformer(raw.crs, src, target, raw.label)
+    tr, crs = _transformer(raw.crs, src, target, raw.label)
+    _check_coordinates(src, kept, shp, crs)
     if tr is not None and len(shp):
-        shp = shapely.transform(shp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        with np.errstate(all="ignore"):
+            shp = shapely.transform(
+                shp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+            )
+    bounds = shapely.bounds(shp) if len(shp) else np.zeros((0, 4))
+    if tr is not None and len(shp):
+        # PROJ answers inf where it cannot project, which the boxes show.
+        bad = ~np.isfinite(bounds).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise SourceError(
+                f"layer {src.name!r}: {raw.label} has a NaN or infinite coordinate once "
+                f"projected to {target.name} (feature {raw_key(kept, i)!r}, {int(bad.sum())} "
+                f"feature(s) in all; layer CRS {_crs_name(crs)}); fix the data or the layer's CRS"
+            )
         wkb = np.asarray(shapely.to_wkb(shp), dtype=object)
     else:
         wkb = src_wkb
-    bounds = shapely.bounds(shp) if len(shp) else np.zeros((0, 4))
+    if valid is not None:
+        _check_extent(src, kept, bounds, valid, _crs_name(crs))
 
     attrs = {
         a: [_value(v) for v in np.asarray(col, dtype=object)[idx]] for a, col in raw.fields.items()
     }
     keys = np.asarray(raw.ids)[idx]
+    for a, values in attrs.items():
+        _cap_text(src.name, a, values, keys)
     # The geometry as drawn (in the scheme CRS): a changed .prj or layer srs moves every
     # feature, so it changes every fingerprint.
     fps = fingerprints(wkb, attrs)
@@ -135,6 +265,8 @@ def layer_data(src: LayerSource, raw: RawLayer, target_crs: str) -> LayerData:
         attrs=attrs,
         fingerprints=fps,
         keyed=raw.keyed,
+        null_keys=np.asarray(raw.ids)[null_idx],
+        fids=None if raw.fids is None else np.asarray(raw.fids)[idx],
     )
 
 

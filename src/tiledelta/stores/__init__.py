@@ -3,7 +3,7 @@ XYZ folders, and a read-only .tpkx tile package."""
 
 from tiledelta.stores.base import TileData, TileHit, TileRange, TileStore
 from tiledelta.stores.compact import CompactCache
-from tiledelta.stores.mbtiles import MBTilesStore
+from tiledelta.stores.mbtiles import MBTilesStore, replace_mbtiles
 from tiledelta.stores.open import KINDS, open_project_store, open_store, read_compact_cache
 from tiledelta.stores.tpkx import TpkxReader, open_tpkx, scheme_from_root_json
 from tiledelta.stores.xyz import XYZStore
@@ -22,5 +22,6 @@ __all__ = [
     "open_store",
     "open_tpkx",
     "read_compact_cache",
+    "replace_mbtiles",
     "scheme_from_root_json",
 ]

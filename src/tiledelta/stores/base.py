@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tiledelta.errors import CacheError
+from tiledelta.errors import CacheError, os_error
 from tiledelta.grid import Bounds, TilingScheme
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,10 @@ def open_temp(path: Path) -> tuple[int, str]:
     while True:
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            # O_BINARY: without it Windows opens the descriptor in text mode and turns
+            # every LF byte of a tile into CR LF (tempfile.mkstemp adds it for the same reason)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
 
@@ -90,16 +93,21 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     On any failure the temp file is removed and ``path`` is left as it was.
     With ``sync_dir`` false the caller fsyncs the folder itself (batching).
     """
-    fd, tmp = open_temp(path)
+    try:
+        fd, tmp = open_temp(path)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise os_error(exc, path) from exc
         raise
     if sync_dir:
         fsync_dir(path.parent)
@@ -178,6 +186,11 @@ class TileStore(abc.ABC):
             if data is not None:
                 out[(level, row, col)] = data
         return out
+
+    def verify(self, addrs: Iterable[Addr]) -> None:
+        """Raise :class:`CacheError` when what the store holds for ``addrs`` (and, in a
+        bundle, beside them) cannot be read back whole: a run checks before it writes."""
+        self.get_many(addrs)
 
     def count(self) -> dict[int, int]:
         """Number of stored tiles per level (levels without tiles are left out)."""

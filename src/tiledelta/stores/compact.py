@@ -330,6 +330,29 @@ class CompactCache(TileStore):
                         out[addr] = data
         return out
 
+    def verify(self, addrs: Iterable[Addr]) -> None:
+        """Check every bundle holding one of ``addrs`` whole (a rewrite reads all its
+        tiles): a full index, and every record inside the file."""
+        bundles = {self.bundle_path(lv, r, c) for lv, r, c in addrs if r >= 0 and c >= 0}
+        for bundle in sorted(bundles):
+            fh = self._open_bundle(bundle)
+            if fh is None:
+                continue
+            with fh:
+                index = self._index(fh, bundle)
+                size = os.fstat(fh.fileno()).st_size
+            lengths = index >> np.uint64(40)
+            used = lengths > 0
+            ends = (index & np.uint64(OFFSET_MASK)) + lengths
+            starts = index & np.uint64(OFFSET_MASK)
+            bad = used & ((ends > size) | (starts < DATA_START))
+            if bad.any():
+                pos = int(np.flatnonzero(bad)[0])
+                raise CacheError(
+                    f"{bundle}: tile record {pos} points outside the bundle "
+                    f"({int(bad.sum())} bad records); delete the bundle or re-seed",
+                )
+
     def _bundles(self, level: int | None) -> Iterator[tuple[int, int, int, Path]]:
         """(level, row0, col0, path) of every bundle file, sorted."""
         if not self.layers_dir.is_dir():

@@ -3,7 +3,14 @@
 Rows are stored TMS-style (``tile_row = 2**z - 1 - row``, :func:`_flip`). Each
 ``put_many`` is one SQLite transaction in WAL mode, so it lands entirely or not at all.
 Read-only, the file is read through ``mode=ro`` connections, one per thread, reopened
-when the file is replaced (``seed`` swaps in a new file).
+when the file is replaced by another (another inode).
+
+A writer checkpoints the WAL into the file when it closes (``wal_checkpoint(TRUNCATE)``).
+``seed`` never renames a new file over a live one: the old file's ``-wal``/``-shm`` would
+stay beside the new file and SQLite would apply the old WAL to it (a corrupt file, wrong
+tiles). :func:`replace_mbtiles` copies the new file into the live one through SQLite's
+backup API instead, in one transaction: readers (``tiledelta serve``) see the old tiles
+or the new ones, and the sidecars stay the file's own.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tiledelta.errors import CacheError
+from tiledelta.errors import CacheError, DiskFull, TileDeltaError
 from tiledelta.grid import Bounds, TilingScheme, tile_format
 from tiledelta.stores.base import Addr, TileHit, TileRange, TileStore, mismatch_error
 
@@ -34,6 +41,32 @@ CREATE TABLE IF NOT EXISTS tiles (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tile_index ON tiles (zoom_level, tile_column, tile_row);
 """
+
+
+def sqlite_error(exc: sqlite3.OperationalError, path: Path) -> TileDeltaError:
+    """One line for SQLite failing to write ``path``: a full disk, a folder or file one may
+    not write, another process holding it."""
+    text = str(exc)
+    if "full" in text or "too big" in text:
+        return DiskFull(
+            f"{path}: no space to write ({text}); free some space, or move the "
+            "cache to a larger disk"
+        )
+    if "readonly" in text or "unable to open" in text or "permission" in text.lower():
+        return CacheError(
+            f"{path}: cannot write there ({text}); make the file and its folder "
+            "writable, or choose another cache path"
+        )
+    if "locked" in text or "busy" in text:
+        return CacheError(
+            f"{path}: another process holds the file locked ({text}); try again when it is done"
+        )
+    if "disk I/O error" in text:  # SQLite's word for a failed write: EFBIG, EIO, ...
+        return DiskFull(
+            f"{path}: a write failed ({text}): the disk may be full or a file-size limit "
+            "reached; free some space, or move the cache to a larger disk"
+        )
+    return CacheError(f"{path}: SQLite cannot write it ({text})")
 
 
 def _flip(level: int, row: int) -> int:
@@ -123,6 +156,10 @@ class MBTilesStore(TileStore):
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            raise sqlite_error(exc, self.path) from exc
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
                 self._db.close()
@@ -155,13 +192,19 @@ class MBTilesStore(TileStore):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise sqlite_error(exc, self.path) from exc
 
     def _check_scheme(self, meta: dict[str, str]) -> None:
         """:class:`CacheError` when the file records another tiling scheme."""
@@ -298,6 +341,9 @@ class MBTilesStore(TileStore):
             self._readers.close()
             return
         with self._lock, contextlib.suppress(sqlite3.ProgrammingError):
+            # Fold the WAL into the file (best effort: a reader's snapshot may hold it).
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
 
@@ -312,3 +358,58 @@ def _wgs84_bounds(extent: Bounds) -> tuple[float, float, float, float]:
     west, east = (max(-180.0, min(180.0, v)) for v in lon)
     south, north = (max(-MAX_LAT, min(MAX_LAT, v)) for v in lat)
     return tuple(round(v, 7) for v in (west, south, east, north))  # type: ignore[return-value]
+
+
+SIDECARS = ("-wal", "-shm", "-journal")
+#: How long :func:`replace_mbtiles` waits for readers to let it write, in seconds.
+REPLACE_TIMEOUT = 60.0
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _settle(path: Path) -> None:
+    """Fold ``path``'s WAL into it and leave it in rollback-journal mode with no sidecar
+    (no other connection may have it open)."""
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        con.close()
+
+
+def replace_mbtiles(new: Path, final: Path) -> None:
+    """Make the SQLite file ``final`` hold what ``new`` holds, then remove ``new``.
+
+    When ``final`` exists its content is replaced through SQLite's backup API in one write
+    transaction, so connections open on it (``tiledelta serve``) keep working and see the
+    old tiles or the new ones, never a mix; its ``-wal``/``-shm`` stay its own. Otherwise
+    ``new`` is renamed to ``final`` after removing sidecars no file owns.
+    """
+    new, final = Path(new), Path(final)
+    try:
+        _settle(new)
+        if not final.exists():
+            for suffix in SIDECARS:  # left by a file that is gone: they would corrupt ``new``
+                with contextlib.suppress(FileNotFoundError):
+                    _sidecar(final, suffix).unlink()
+            os.replace(new, final)
+            return
+        src = sqlite3.connect(new.absolute().as_uri() + "?mode=ro", uri=True)
+        dst = sqlite3.connect(final, timeout=REPLACE_TIMEOUT, isolation_level=None)
+        try:
+            src.backup(dst)
+            with contextlib.suppress(sqlite3.Error):
+                dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            dst.close()
+            src.close()
+    except sqlite3.OperationalError as exc:
+        raise sqlite_error(exc, final) from exc
+    except sqlite3.DatabaseError as exc:
+        raise CacheError(f"cannot replace {final} with the new cache ({exc})") from exc
+    for p in (new, *(_sidecar(new, s) for s in SIDECARS)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
