@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tiledelta.grid import BUNDLE_PACKET
 from tiledelta.render import BlankFill, RunStats
 from tiledelta.stores import TileStore
@@ -18,9 +20,10 @@ def fill_blanks(
     """Store ``blank.data`` at every covered address of ``levels`` that holds no tile.
 
     Works band by band (128 rows, one bundle row), so each bundle is written once. The
-    tiles count as written (and as blank tiles stored) in ``stats``; with ``track`` (updates)
-    their addresses join ``stats.changed``.
+    tiles count as blank copies stored in ``stats`` (not as written: they were not
+    rendered); with ``track`` (updates) their addresses join ``stats.changed``.
     """
+    t0 = time.perf_counter()
     n = 0
     for level in levels:
         rng = blank.ranges.get(level)
@@ -39,11 +42,10 @@ def fill_blanks(
             if missing:
                 store.put_many(missing)
                 n += len(missing)
-                stats.levels[level] = stats.levels.get(level, 0) + len(missing)
+                stats.count("blank_stored", level, len(missing))
                 if track:
                     stats.changed.extend(t[:3] for t in missing)
-    stats.tiles_written += n
-    stats.tiles_blank_stored += n
+    stats.write_seconds += time.perf_counter() - t0
     return n
 
 
@@ -61,6 +63,6 @@ def reconcile_blanks(
         gone = [(lv, r, c, None) for (lv, r, c), data in got.items() if data == old.data]
         if gone:
             store.put_many(gone)
-            stats.tiles_removed += len(gone)
+            stats.count("removed", level, len(gone))
             stats.changed.extend(t[:3] for t in gone)
         fill_blanks(store, new, [level], stats, track=True)

@@ -40,6 +40,9 @@ class RunContext:
     before: BeforeSink | None = None
     stages: dict[str, float] = field(default_factory=dict)
     journaled: bool = False
+    #: where the build is (a seed: levels done, meta-tiles done/total), for the record
+    #: of a run that is interrupted
+    position: dict[str, Any] = field(default_factory=dict)
 
     def journal(self, boxes: dict[str, np.ndarray]) -> None:
         """Save the run's dirty boxes before its first write (:mod:`tiledelta.change.journal`)."""
@@ -54,6 +57,36 @@ class RunContext:
             yield
         finally:
             self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The part of the cache a run is limited to (``--levels``, ``--extent``, ``--aoi``).
+
+    ``area`` is a shapely geometry in the scheme CRS; a meta-tile is in scope when its
+    extent overlaps it. A run with a scope refreshes those meta-tiles in the existing
+    cache and leaves the snapshot as it is (the next full update still sees every change).
+    """
+
+    levels: tuple[int, ...] | None = None
+    area: Any = None
+    #: how the area was given, for the summary ("extent" or the --aoi file)
+    source: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """True when the run covers less than the whole cache."""
+        return self.levels is not None or self.area is not None
+
+    def as_json(self) -> dict[str, Any]:
+        """The scope as the run summary's ``partial`` field."""
+        out: dict[str, Any] = {}
+        if self.levels is not None:
+            out["levels"] = list(self.levels)
+        if self.area is not None:
+            out["area"] = self.source or "extent"
+            out["bounds"] = [round(float(v), 6) for v in self.area.bounds]
+        return out
 
 
 @dataclass
@@ -71,3 +104,6 @@ class BuildOutcome:
     #: per level, the figures of the summary's ``levels`` (default: tiles per level)
     level_info: dict[int, dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific summary fields
+    #: a run limited to a :class:`Scope`: the lifecycle records the run but neither
+    #: advances the snapshot nor clears the update journal
+    partial: bool = False

@@ -10,28 +10,56 @@ the same tiles (plus whatever changed since) and finishes the job.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from tiledelta.build.blanks import fill_blanks, reconcile_blanks
-from tiledelta.build.context import BuildOutcome, RunContext
-from tiledelta.build.seed import build_full, record_metadata
-from tiledelta.change import detect_changes
-from tiledelta.plan import update_plan
+from tiledelta.build.context import BuildOutcome, RunContext, Scope
+from tiledelta.build.seed import build_full, check_cache, record_metadata, recover_swap
+from tiledelta.change import Changes, check_mass_delete, detect_changes
+from tiledelta.plan import TilePlan, restrict_plan, update_plan
+from tiledelta.project import Project
 from tiledelta.render import RunStats
-from tiledelta.sources import boxes_extent, data_extent, read_layers
+from tiledelta.render.dask_engine import open_engine
+from tiledelta.sources import LayerData, boxes_extent, data_extent
 from tiledelta.stores import open_project_store
 
 log = logging.getLogger(__name__)
 
 
-def build_update(ctx: RunContext) -> BuildOutcome:
-    """Bring the cache up to date with the data: re-render exactly the dirty meta-tiles."""
+def build_update(
+    ctx: RunContext, *, allow_mass_delete: bool = False, scope: Scope | None = None
+) -> BuildOutcome:
+    """Bring the cache up to date with the data: re-render exactly the dirty meta-tiles,
+    with the project's engine (``[render] engine``: local pool or Dask).
+
+    With a partial ``scope`` (``--levels``, ``--extent``, ``--aoi``) only the dirty
+    meta-tiles in it are re-rendered; the snapshot is not advanced and the journal keeps
+    the whole dirty area, so the next full update does the rest.
+    """
+    with open_engine(ctx.project, ctx.say) as engine:  # a cluster is checked before any write
+        return _update(ctx, engine, allow_mass_delete=allow_mass_delete, scope=scope or Scope())
+
+
+def _update(
+    ctx: RunContext, engine: Any, *, allow_mass_delete: bool = False, scope: Scope
+) -> BuildOutcome:
+    """Bring the cache up to date with the data: re-render exactly the dirty meta-tiles.
+
+    Stops before writing anything when a layer would lose more than its
+    ``max_delete_share`` of features, unless ``allow_mass_delete``; every check (the
+    cache opens, the bundles and tiles the run reads are whole) comes before the
+    journal and the first write.
+    """
     project = ctx.project
+    recover_swap(project, ctx.say)
     with ctx.stage("read"):
-        layers = read_layers(project)
+        layers = engine.read_layers(project)
     with ctx.stage("detect"):
         changes = detect_changes(project, layers)
+        if not allow_mass_delete:
+            check_mass_delete(project, changes)
     if changes.rebuild:
-        outcome = build_full(ctx, layers=layers)
+        outcome = build_full(ctx, layers=layers, engine=engine, scope=scope)
         outcome.kind = "rebuild"
         outcome.rebuild = changes.rebuild
         outcome.changes = changes
@@ -39,9 +67,10 @@ def build_update(ctx: RunContext) -> BuildOutcome:
     # Rendering needs Mapnik, an optional dependency: imported only when there is work.
     from tiledelta.render.pool import blank_fill, run_project_plan
 
+    engine.complete(project, layers, changes)  # geometry of changed features (Dask)
     with ctx.stage("plan"):
         boxes = changes.boxes()
-        plan = update_plan(project, changes, layers)
+        plan = plan_update(project, changes, layers, scope)
     for name, c in changes.layers.items():
         log.info("%s: %s", name, c.as_dict())
     log.info(
@@ -49,9 +78,12 @@ def build_update(ctx: RunContext) -> BuildOutcome:
         plan.metatile_count,
         {lv: len(m) for lv, m in plan.levels.items()},
     )
+    top = max(project.levels + changes.dropped_levels)
+    check_cache(project, plan)  # before the journal: a bad cache changes nothing
     ctx.journal(boxes)
     stats = RunStats()
-    top = max(project.levels + changes.dropped_levels)
+    if scope.partial:
+        return _partial(ctx, layers, changes, plan, scope, engine)
     with ctx.stage("render_write"):
         blank = blank_fill(project, data_extent(layers))
         # The area the last build kept blank tiles over: the snapshot's extent.
@@ -68,6 +100,7 @@ def build_update(ctx: RunContext) -> BuildOutcome:
                     progress=ctx.progress,
                     before=ctx.before,
                     blank=blank,
+                    executor=engine.executor(project, layers),
                 )
             if blank is not None and changes.new_levels:
                 fill_blanks(store, blank, changes.new_levels, stats, track=True)
@@ -92,4 +125,56 @@ def build_update(ctx: RunContext) -> BuildOutcome:
         changes=changes,
         changed_tiles=stats.changed,
         level_info={lv: {"tiles": stats.planned.get(lv, 0)} for lv in project.levels},
+    )
+
+
+def plan_update(
+    project: Project, changes: Changes, layers: dict[str, LayerData], scope: Scope | None = None
+) -> TilePlan:
+    """The meta-tiles an update re-renders (no rebuild): the exact dirty set, limited to
+    ``scope``; ``--dry-run`` and ``plan`` print this same plan."""
+    plan = update_plan(project, changes, layers)
+    if scope is not None and scope.partial:
+        plan = restrict_plan(plan, project.scheme, levels=scope.levels, area=scope.area)
+    return plan
+
+
+def _partial(
+    ctx: RunContext,
+    layers: dict[str, LayerData],
+    changes: Changes,
+    plan: TilePlan,
+    scope: Scope,
+    engine: Any,
+) -> BuildOutcome:
+    """The dirty meta-tiles of ``scope`` only: no blank reconciling, no dropped level, no
+    metadata (the next full update does them, from the same journal and snapshot)."""
+    from tiledelta.render.pool import blank_fill, run_project_plan
+
+    project = ctx.project
+    stats = RunStats()
+    with ctx.stage("render_write"), open_project_store(project) as store:
+        if plan.metatile_count:
+            stats = run_project_plan(
+                project,
+                layers,
+                plan,
+                store,
+                compare=True,
+                progress=ctx.progress,
+                before=ctx.before,
+                blank=blank_fill(project, data_extent(layers)),
+                executor=engine.executor(project, layers),
+            )
+    levels = [lv for lv in project.levels if scope.levels is None or lv in scope.levels]
+    return BuildOutcome(
+        kind="update",
+        layers=layers,
+        levels=levels,
+        stats=stats,
+        changes=changes,
+        changed_tiles=stats.changed,
+        level_info={lv: {"tiles": stats.planned.get(lv, 0)} for lv in levels},
+        extra={"partial": scope.as_json()},
+        partial=True,
     )

@@ -4,8 +4,18 @@ from tiledelta.plan.plan import (
     TilePlan,
     full_plan,
     plan_for_boxes,
+    restrict_plan,
+    restyled_visibility,
     update_plan,
     visible_levels,
 )
 
-__all__ = ["TilePlan", "full_plan", "plan_for_boxes", "update_plan", "visible_levels"]
+__all__ = [
+    "TilePlan",
+    "full_plan",
+    "plan_for_boxes",
+    "restrict_plan",
+    "restyled_visibility",
+    "update_plan",
+    "visible_levels",
+]

@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapely
 
 from tiledelta.change import Changes, LayerSnapshot
 from tiledelta.grid import (
     Bounds,
     TilingScheme,
     mapnik_scale_denominator,
+    metatile_bounds,
     metatile_tiles,
     metatiles_for_boxes,
     query_pad,
@@ -67,8 +69,10 @@ def plan_for_boxes(
     *,
     visibility: dict[str, list[int]] | None = None,
     extent: Bounds | None = None,
+    buffers: dict[str, int] | None = None,
 ) -> TilePlan:
-    """The meta-tiles of ``levels`` that any of the layers' boxes reach."""
+    """The meta-tiles of ``levels`` that any of the layers' boxes reach (``buffers``: pixels
+    per layer, instead of the style's)."""
     visibility = visibility if visibility is not None else visible_levels(style, scheme, levels)
     plan = TilePlan(metatile=meta)
     for level in levels:
@@ -76,7 +80,10 @@ def plan_for_boxes(
         for name, boxes in boxes_by_layer.items():
             if level not in visibility.get(name, ()):
                 continue
-            lyr_buffer = style.layer(name).buffer_size
+            if buffers is not None and name in buffers:
+                lyr_buffer: int | None = buffers[name]
+            else:
+                lyr_buffer = style.layer(name).buffer_size
             pad = query_pad(scheme, level, buffer_px if lyr_buffer is None else lyr_buffer)
             parts.append(metatiles_for_boxes(scheme, level, boxes, pad, meta))
         if parts:
@@ -161,9 +168,61 @@ def update_plan(
         for level, mts in unfinished.levels.items():
             both = mts if level not in plan.levels else np.concatenate([plan.levels[level], mts])
             plan.levels[level] = np.unique(both, axis=0)
+    if changes.restyled:
+        # A layer's own symbology or labels changed (or it came or went): every meta-tile
+        # it reaches, before or now, at the levels it drew or draws at.
+        restyled = plan_for_boxes(
+            scheme,
+            style,
+            {name: r.boxes for name, r in changes.restyled.items()},
+            old_levels,
+            s.metatile,
+            s.buffer,
+            visibility={name: r.levels for name, r in changes.restyled.items()},
+            extent=project.extent,
+            buffers={name: r.buffer for name, r in changes.restyled.items()},
+        )
+        for level, mts in restyled.levels.items():
+            both = mts if level not in plan.levels else np.concatenate([plan.levels[level], mts])
+            plan.levels[level] = np.unique(both, axis=0)
     if changes.new_levels:
         plan.levels.update(full_plan(project, layers, changes.new_levels).levels)
     return plan
+
+
+def restyled_visibility(
+    vis: dict[str, list[int]], changes: Changes
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """``vis`` widened by the restyled layers' old and new levels, and their buffers."""
+    out = dict(vis)
+    for name, r in changes.restyled.items():
+        out[name] = sorted(set(out.get(name, [])) | set(r.levels))
+    return out, {name: r.buffer for name, r in changes.restyled.items()}
+
+
+def restrict_plan(
+    plan: TilePlan,
+    scheme: TilingScheme,
+    *,
+    levels: list[int] | tuple[int, ...] | None = None,
+    area: shapely.Geometry | None = None,
+) -> TilePlan:
+    """The meta-tiles of ``plan`` at ``levels`` whose (unbuffered) extent overlaps ``area``
+    (a shapely geometry in the scheme CRS; touching its edge is not overlapping)."""
+    out = TilePlan(metatile=plan.metatile)
+    meta = plan.metatile
+    for level, mts in plan.levels.items():
+        if levels is not None and level not in levels:
+            continue
+        if area is not None and len(mts):
+            boxes = shapely.box(
+                *np.array([metatile_bounds(scheme, level, r, c, meta) for r, c in mts.tolist()]).T
+            )
+            keep = shapely.intersects(area, boxes) & ~shapely.touches(area, boxes)
+            mts = mts[keep]
+        if len(mts):
+            out.levels[level] = mts
+    return out
 
 
 def _ordered(snap: LayerSnapshot | None) -> OrderedBoxes:

@@ -16,17 +16,19 @@ does the work (:mod:`tiledelta.build`); this module does everything around it, o
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 
 from tiledelta.build import BuildOutcome, RunContext
 from tiledelta.build.context import Progress
-from tiledelta.change import record_build
+from tiledelta.change import record_build, record_run
+from tiledelta.errors import Interrupted, StateError, os_error
 from tiledelta.project import Project, project_lock
 from tiledelta.runs.folder import BeforeTiles, write_run
 from tiledelta.runs.notify import notify_failure, notify_run
 from tiledelta.runs.report import try_write_report
-from tiledelta.runs.summary import LevelSummary, RunSummary
+from tiledelta.runs.summary import LevelSummary, RunSummary, level_counts
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,16 @@ def run(
     """
     t0 = time.perf_counter()
     try:
-        with project_lock(project):
-            summary = _locked_run(project, build, target, progress, say, keep_before, t0)
+        try:
+            with project_lock(project):
+                summary = _locked_run(project, build, name, target, progress, say, keep_before, t0)
+        except OSError as exc:  # a full disk, a read-only folder: one line naming the file
+            raise os_error(exc) from exc
+        except sqlite3.Error as exc:  # a state file SQLite cannot write (full disk, ...)
+            raise StateError(
+                f"{project.state_dir}: SQLite failed writing the run's state ({exc}); the disk "
+                "may be full or the folder read-only"
+            ) from exc
     except Exception as exc:
         if notify:
             notify_failure(project, name, exc)
@@ -66,6 +76,7 @@ def run(
 def _locked_run(
     project: Project,
     build: Build,
+    name: str,
     target: str,
     progress: Progress | None,
     say: Callable[[str], None],
@@ -76,24 +87,31 @@ def _locked_run(
     ctx = RunContext(project, target=target, progress=progress, say=say, before=before)
     try:
         outcome = build(ctx)
-    except BaseException:
+    except BaseException as exc:
         if before is not None:
             before.discard()
+        if isinstance(exc, KeyboardInterrupt | Interrupted):
+            raise _interrupted(project, ctx, name, target, t0) from None
         raise
     summary = summarise(project, outcome, ctx, time.perf_counter() - t0)
-    with ctx.stage("record"):
-        run_id = record_build(
-            project,
-            outcome.layers,
-            outcome.levels,
-            kind="seed" if outcome.kind == "rebuild" else outcome.kind,
-            summary=summary.as_json(),
-            clear_journal=True,
-            changed_tiles=outcome.changed_tiles,
-            target=target,
-        )
+    if outcome.partial:
+        # A run limited to some levels or an area: recorded, but the snapshot (and the
+        # update journal) stay, so the next full update still does everything else.
+        run_id = record_run(project, outcome.kind, "ok", summary.as_json(), target)
+    else:
+        with ctx.stage("record"):
+            run_id = record_build(
+                project,
+                outcome.layers,
+                outcome.levels,
+                kind="seed" if outcome.kind == "rebuild" else outcome.kind,
+                summary=summary.as_json(),
+                clear_journal=True,
+                changed_tiles=outcome.changed_tiles,
+                target=target,
+            )
     summary.run = run_id
-    with ctx.stage("run_folder"):
+    with ctx.stage("record"):
         folder = write_run(
             project,
             run_id,
@@ -108,11 +126,44 @@ def _locked_run(
             before.move_to(folder)
             summary.before_tiles_complete = before.complete
     with ctx.stage("report"):
-        summary.stages = _rounded(ctx.stages)
+        summary.stages = _stages(ctx.stages, outcome)
         summary.seconds = round(time.perf_counter() - t0, 3)
         write_run(project, run_id, summary.as_json(), target=target)
         try_write_report(project, folder, layers=outcome.layers)
+    # The report's own time is known only now: summary.json (and --json) get every stage.
+    summary.stages = _stages(ctx.stages, outcome)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    write_run(project, run_id, summary.as_json(), target=target)
     return summary
+
+
+def _interrupted(
+    project: Project, ctx: RunContext, name: str, target: str, t0: float
+) -> Interrupted:
+    """Record a run stopped by SIGINT or SIGTERM (run folder and history, status
+    "interrupted", where it stopped) and return the error to raise."""
+    pos = dict(ctx.position)
+    record = {
+        "kind": name,
+        "status": "interrupted",
+        "target": target,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "stages": _rounded(ctx.stages),
+        "stopped_at": pos,
+    }
+    where = ""
+    try:
+        run_id = record_run(project, name, "interrupted", record, target)
+        record["run"] = run_id
+        folder = write_run(project, run_id, record, target=target)
+        where = f"; run record {folder}"
+    except Exception as exc:  # the stop is the news: a record that fails is logged
+        log.warning("could not record the interrupted run: %s", exc)
+    done, total = pos.get("metatiles_done"), pos.get("metatiles_total")
+    at = f" at {done:,} of {total:,} meta-tiles" if total else ""
+    again = "to resume" if name == "seed" else "to finish"
+    command = name if name in ("seed", "update") else "update --target arcgis"
+    return Interrupted(f"{name} interrupted{at}{where}; run 'tiledelta {command}' again {again}")
 
 
 def summarise(
@@ -124,6 +175,8 @@ def summarise(
     if level_info is None:
         level_info = {lv: {"tiles": st.levels.get(lv, 0)} for lv in outcome.levels}
     local = ctx.target == "local"
+    if local:  # per level, the run's counts: the same figures in a seed and an update
+        level_info = {lv: {**level_info.get(lv, {}), **level_counts(st, lv)} for lv in level_info}
     return RunSummary(
         kind=outcome.kind,
         target="local" if local else "arcgis",
@@ -138,7 +191,7 @@ def summarise(
         tiles_blank=st.tiles_blank,
         tiles_blank_stored=st.tiles_blank_stored,
         seconds=round(seconds, 3),
-        stages=_rounded(ctx.stages),
+        stages=_stages(ctx.stages, outcome),
         changes=outcome.changes.as_dict() if outcome.changes is not None else None,
         rebuild=outcome.rebuild,
         **outcome.extra,
@@ -147,3 +200,17 @@ def summarise(
 
 def _rounded(stages: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in stages.items()}
+
+
+def _stages(stages: dict[str, float], outcome: BuildOutcome) -> dict[str, float]:
+    """The run's stage times, a build's ``render_write`` split into ``render`` and ``write``
+    (the writing process's time storing tiles, :attr:`~tiledelta.render.RunStats.write_seconds`)."""
+    out: dict[str, float] = {}
+    for name, secs in stages.items():
+        if name == "render_write":
+            write = min(outcome.stats.write_seconds, secs)
+            out["render"] = secs - write
+            out["write"] = write
+        else:
+            out[name] = secs
+    return _rounded(out)
