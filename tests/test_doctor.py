@@ -81,6 +81,7 @@ def test_healthy_sample_project(seeded: Path) -> None:
         *[f"datasource {n}" for n in LAYERS],
         "scheme",
         "cache",
+        "cache files",
         "state",
     ]
     got = by_name(checks)

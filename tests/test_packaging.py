@@ -59,6 +59,8 @@ def built(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_the_wheel_carries_no_emulator(built):
     _source, names = built
     assert [n for n in names if "emulator" in n.lower()] == []
+    # nor the stand-in arcpy (tests/support/arcpy): an installed "arcpy" would shadow Pro's
+    assert [n for n in names if n.split("/")[0] in ("arcpy", "support", "tests")] == []
 
 
 def test_the_wheel_carries_the_viewer_and_py_typed(built):

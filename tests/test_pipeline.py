@@ -40,7 +40,8 @@ def test_seed_compact_cache_reads_back_in_gdal(sample_project: Path) -> None:
     with open_project_store(project, create=False) as store:
         counts = store.count()
         assert sorted(counts) == [13, 14, 15, 16, 17]
-        assert sum(counts.values()) == result["tiles_written"]
+        # a seed stores its written tiles and the blank copies (render/stats.py: COUNTS)
+        assert sum(counts.values()) == result["tiles_written"] + result["tiles_blank_stored"]
         # A tile at the finest level, decoded, equals GDAL's ESRIC read of the same window.
         level = 17
         tiles = sorted(store.iter_tiles(level))
@@ -62,10 +63,12 @@ def test_seed_json_and_info_json(sample_project: Path) -> None:
     for key in ("cache", "levels", "tiles_rendered", "tiles_written", "seconds"):
         assert key in res
     assert set(res["levels"]) == {"13", "14", "15", "16", "17"}
-    assert sum(v["tiles"] for v in res["levels"].values()) == res["tiles_written"]
+    # per level, the seed's counts: "tiles" are the rendered ones, as in an update
+    assert sum(v["tiles"] for v in res["levels"].values()) == res["tiles_rendered"]
+    assert sum(v["written"] for v in res["levels"].values()) == res["tiles_written"]
     info = json.loads(cli("info", "--project", str(sample_project), "--json").stdout)
     assert {k: v["tiles"] for k, v in info["levels"].items()} == {
-        k: v["tiles"] for k, v in res["levels"].items()
+        k: v["written"] + v["blank_stored"] for k, v in res["levels"].items()
     }
     assert set(info["layers"]) == {"water", "parcels", "buildings", "roads"}
     assert info["layers"]["roads"]["attributes"] == ["name"]

@@ -144,7 +144,11 @@ def test_update_report_html(runs):
             str(c["deleted"]),
         ]
     for lv, d in summary["levels"].items():
-        assert doc.rows[f"level:{lv}"] == [lv, f"{d['tiles']:,}", str(len(tiles.get(lv, [])))]
+        counts = [f"{d[k]:,}" for k in ("rendered", "written", "unchanged", "blank", "removed")]
+        counts += [f"{d['blank_stored']:,}"] if summary["tiles_blank_stored"] else []
+        assert doc.rows[f"level:{lv}"] == [lv, *counts, str(len(tiles.get(lv, [])))]
+        assert d["rendered"] == d["written"] + d["unchanged"] + d["blank"]
+        assert len(tiles.get(lv, [])) == d["written"] + d["blank_stored"] + d["removed"]
     assert {"changemap.png", "summary.json", "changes.geojson", "tiles.json"} <= set(doc.links)
     assert doc.images == ["changemap.png"]
     text = out.read_text()
@@ -221,7 +225,9 @@ def test_seed_report_is_a_full_build(runs):
     doc = _parse(out)
     summary = json.loads((folder / "summary.json").read_text())
     for lv, d in summary["levels"].items():
-        assert doc.rows[f"level:{lv}"] == [lv, f"{d['tiles']:,}"]
+        counts = [f"{d[k]:,}" for k in ("rendered", "written", "unchanged", "blank", "removed")]
+        counts += [f"{d['blank_stored']:,}"] if summary["tiles_blank_stored"] else []
+        assert doc.rows[f"level:{lv}"] == [lv, *counts]
     frame = changemap_frame(folder / "changemap.png")
     assert frame["note"] == "full build"
     px = _pixels(folder / "changemap.png")

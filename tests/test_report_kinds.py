@@ -41,8 +41,18 @@ def test_per_level_words_and_count_order():
     update = summary_text(
         {**base, "kind": "update", "changes": {"layers": {}}}, tiles={"levels": {"13": [[0, 0]]}}
     )
-    assert "planned tiles per level: 13: 5 (1 written or removed)" in update
+    assert "planned tiles per level: 13: 5 (1 changed in the cache)" in update
     assert "planned tiles" in render_html({**base, "kind": "update"})
+    # Newer summaries: the same counts per level for a seed and an update.
+    level = {"tiles": 9, "rendered": 9, "written": 5, "unchanged": 1, "blank": 3, "removed": 2}
+    new = {**base, "levels": {"13": {**level, "blank_stored": 0}}}
+    for kind in ("seed", "update"):
+        text = summary_text({**new, "kind": kind, "changes": {"layers": {}}})
+        assert "per level (rendered / written / unchanged / blank / removed): 13: 9/5/1/3/2" in (
+            text
+        )
+        page = render_html({**new, "kind": kind})
+        assert '<tr data-level="13"><td>13</td><td class="n">9</td><td class="n">5</td>' in page
 
 
 def test_failures_and_old_summaries():

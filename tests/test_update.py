@@ -781,7 +781,7 @@ def test_lock_blocks_a_second_run(proj):
             text=True,
             timeout=120,
         )
-        assert proc.returncode == 1
+        assert proc.returncode == 3  # busy (errors.EXIT_BUSY)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
         assert "another tiledelta run" in lines[0]

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 
 from tiledelta import sample
 from tiledelta.api import init_project, load_project, seed, update
+from tiledelta.grid import tile_bounds, web_mercator
 from tiledelta.project import Project
 from tiledelta.runs.folder import latest_run
 from tiledelta.serve import viewer
@@ -189,17 +190,33 @@ def _addr(url: str) -> tuple[int, int, int]:
     return z, y, x  # (level, row, col)
 
 
+def _extent(page) -> tuple[float, float, float, float]:
+    """The served cache's extent (scheme units), as the page's server says it."""
+    return tuple(page.evaluate("fetch('/service.json').then((r) => r.json())")["extent"])
+
+
+def _inside(extent: tuple[float, float, float, float], addr: tuple[int, int, int]) -> bool:
+    b = tile_bounds(web_mercator(), *addr)
+    return b.xmin < extent[2] and b.xmax > extent[0] and b.ymin < extent[3] and b.ymax > extent[1]
+
+
 def _check_tiles(page, stored: set, min_loaded: int) -> set[str]:
-    """Every tile img finished; stored tiles decoded at 256 px; the rest are blank tiles."""
+    """Every tile img finished; stored tiles decoded at 256 px; the rest are blank tiles:
+    inside the cache's extent the server answers the background tile (256 px), outside
+    it a 404 (no image)."""
     tiles = _tiles(page)
     assert tiles, "no Leaflet tile images"
+    extent = _extent(page)
     loaded = set()
     for t in tiles:
         assert t["complete"], t
-        if _addr(t["src"]) in stored:
+        addr = _addr(t["src"])
+        if addr in stored:
             assert (t["w"], t["h"]) == (256, 256), t
             loaded.add(t["src"])
-        else:  # the cache keeps no blank tiles: the server answers 404 for them
+        elif _inside(extent, addr):  # background only, not kept: the blank tile
+            assert (t["w"], t["h"]) == (256, 256), t
+        else:
             assert t["w"] == 0, t
     assert len(loaded) >= min_loaded, f"only {len(loaded)} tiles loaded"
     return loaded
@@ -211,9 +228,12 @@ def _check_clean(s: Session, stored: set, stored_before: set | None = None) -> N
     assert s.blocked == [], f"requests to other hosts: {s.blocked}"
     assert s.failed == [], f"failed requests: {s.failed}"
     assert s.page_errors == []
+    extent = _extent(s.page)
     for status, url in s.bad_status:
         had = stored_before if "/runs/latest/before/" in url else stored
         assert status == 404 and had is not None and _addr(url) not in had, (status, url)
+        if "/runs/latest/before/" not in url:  # no 404 inside the map: blank tiles load
+            assert not _inside(extent, _addr(url)), url
     blank_urls = {url for _, url in s.bad_status}
     for text, url in s.console_errors:
         assert url in blank_urls and "404" in text, f"console error: {text} ({url})"

@@ -152,7 +152,7 @@ def test_updates_run_exactly_when_data_changed(county: Path) -> None:
     assert len(changed) == 2 and all(
         "changes: buildings 1 " in x and x.endswith("; updating (local)") for x in changed
     ), changed
-    assert "tiles re-rendered" in got[1] and "tiles/s" in got[1]
+    assert " tiles rendered: " in got[1] and " written, " in got[1] and "tiles/s" in got[1]
     assert not detect_changes(load_project(county)).any
     assert script.calls == [0.01] * 5
 
@@ -182,8 +182,13 @@ def test_max_runs_stops_the_watcher(county: Path) -> None:
     result, lines = run_watch(
         county, Script(lambda: move_building(county), lambda: move_building(county)), max_runs=1
     )
-    assert result["runs"] == 1 and result["polls"] == 2
-    assert lines[-1].endswith("stopping after 1 run(s)")
+    # The first check finds the data current: --max-runs counts it, so the watcher ends.
+    assert result["runs"] == 0 and result["polls"] == 1 and result["checks"] == 1
+    assert lines[-1].endswith("stopping after 1 run(s) (0 updated the cache)")
+    move_building(county)
+    result, lines = run_watch(county, Script(), max_runs=1)
+    assert result["runs"] == 1 and result["polls"] == 1
+    assert lines[-1].endswith("stopping after 1 run(s) (1 updated the cache)")
 
 
 def test_outside_the_window_nothing_runs(county: Path) -> None:
@@ -226,7 +231,7 @@ def test_failures_are_reported_and_the_watcher_goes_on(county: Path) -> None:
     notified: list[str] = []
     script = Script(break_style, None, fix_style_break_cache, fix_cache)
     result, lines = run_watch(
-        county, script, on_failure=lambda _d, msg: notified.append(msg), max_runs=2
+        county, script, on_failure=lambda _d, msg: notified.append(msg), max_polls=5
     )
     got = decisions(lines)
     assert got[0] == "no change in the data"

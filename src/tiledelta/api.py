@@ -7,29 +7,44 @@ Nothing here imports Mapnik unless it renders.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import shapely
+
 from tiledelta import sample
 from tiledelta.build import build_full, build_update
-from tiledelta.build.context import Progress
+from tiledelta.build.context import Progress, Scope
+from tiledelta.build.seed import plan_seed
+from tiledelta.build.update import plan_update
 from tiledelta.change import detect_changes, measured_speed, write_aoi
+from tiledelta.change.aoi import extent_area, read_aoi
 from tiledelta.config import LayerConfig, parse_config
-from tiledelta.errors import ConfigError
+from tiledelta.errors import ConfigError, TileDeltaError, UsageError
 from tiledelta.grid import select_levels
-from tiledelta.plan import full_plan, update_plan
+from tiledelta.plan import TilePlan, full_plan, update_plan
 from tiledelta.project import PROJECT_FILE, Project
-from tiledelta.publish.arcgis.cache import update_server
+from tiledelta.publish.arcgis.cache import plan_server, update_server
+from tiledelta.publish.arcgis.patch import update_via_package
 from tiledelta.publish.arcgis.publish import publish, upload_package
 from tiledelta.publish.package import write_tpkx
-from tiledelta.render import mapnik_installed
+from tiledelta.render import mapnik_installed, require_mapnik
 from tiledelta.runs import run
+from tiledelta.runs.report import counts_line
 from tiledelta.sources import describe, display_path, list_layers, read_layers
+from tiledelta.sources.keys import find_key_field
 from tiledelta.stores import open_project_store
 from tiledelta.style import default_style
+from tiledelta.style.cim import describe_map, layer_lines, read_pro_map
+
+log = logging.getLogger(__name__)
 
 
 def load_project(directory: Path | str) -> Project:
@@ -40,6 +55,15 @@ def load_project(directory: Path | str) -> Project:
     """
     project = Project.load(Path(directory))
     project.style  # noqa: B018 - parse errors first
+    log.debug(
+        "project %s: scheme %s, levels %s, cache %s at %s, layers %s",
+        project.root,
+        project.scheme.name,
+        project.config.levels,
+        project.config.cache.kind,
+        project.cache_path,
+        [lyr.name for lyr in project.style.layers],
+    )
     if mapnik_installed():
         # Mapnik is optional (the server path runs without it): imported only when present.
         from tiledelta.render.validate import validate_style
@@ -49,20 +73,194 @@ def load_project(directory: Path | str) -> Project:
 
 
 def seed(
-    project: Project, *, progress: Progress | None = None, notify: bool = True
+    project: Project,
+    *,
+    progress: Progress | None = None,
+    notify: bool = True,
+    say: Callable[[str], None] | None = None,
+    scope: Scope | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Build the whole cache anew and record the snapshot; return the run summary."""
-    return run(project, build_full, name="seed", progress=progress, notify=notify).as_json()
+    """Build the whole cache anew and record the snapshot; return the run summary.
+
+    An interrupted seed of the same plan is resumed unless ``restart``. With a partial
+    ``scope`` (:func:`run_scope`) only those meta-tiles are re-rendered, into the existing
+    cache, and the snapshot stays. ``say`` receives the run's remarks (resuming, the Dask
+    engine's cluster and dashboard).
+    """
+    require_mapnik()  # one line naming the render extra, before anything is written
+    kw: dict[str, Any] = {"say": say} if say else {}
+    build = functools.partial(build_full, scope=scope, restart=restart)
+    return run(project, build, name="seed", progress=progress, notify=notify, **kw).as_json()
 
 
 def update(
-    project: Project, *, progress: Progress | None = None, notify: bool = True
+    project: Project,
+    *,
+    progress: Progress | None = None,
+    notify: bool = True,
+    allow_mass_delete: bool = False,
+    say: Callable[[str], None] | None = None,
+    scope: Scope | None = None,
 ) -> dict[str, Any]:
-    """Bring the cache up to date with the data; return the run summary (``--json``)."""
+    """Bring the cache up to date with the data; return the run summary (``--json``).
+
+    ``allow_mass_delete`` lets through an update that deletes more of a layer than
+    ``max_delete_share`` (:class:`~tiledelta.errors.MassDeleteError` otherwise). With a
+    partial ``scope`` only the dirty meta-tiles there are re-rendered; the snapshot and
+    the journal keep the rest pending.
+    """
+    require_mapnik()  # one line naming the render extra, before anything is written
+    build = functools.partial(build_update, allow_mass_delete=allow_mass_delete, scope=scope)
+    kw: dict[str, Any] = {"say": say} if say else {}
     summary = run(
-        project, build_update, name="update", progress=progress, notify=notify, keep_before=True
+        project, build, name="update", progress=progress, notify=notify, keep_before=True, **kw
     )
     return summary.as_json()
+
+
+def with_processes(project: Project, processes: int | None) -> Project:
+    """The project with ``[render] processes`` overridden (``--processes``; 0 = all cores)."""
+    return project if processes is None else project.updated(render={"processes": processes})
+
+
+def run_scope(
+    project: Project,
+    *,
+    levels: str | None = None,
+    extent: str | None = None,
+    extent_crs: str | None = None,
+    aoi: Path | None = None,
+) -> Scope:
+    """The part of the cache ``--levels``, ``--extent`` (in ``extent_crs``, by default the
+    scheme's CRS) and ``--aoi`` limit a seed or update to; a :class:`ConfigError` or
+    :class:`UsageError` in one line before anything is written."""
+    chosen: tuple[int, ...] | None = None
+    configured = project.levels
+    if levels is not None:
+        allowed = f"{min(configured)}-{max(configured)}"
+        try:
+            picked = select_levels(project.scheme, levels)
+        except TileDeltaError as exc:
+            raise UsageError(
+                f"--levels {levels}: {exc}; the project has levels {allowed}"
+            ) from None
+        outside = [lv for lv in picked if lv not in configured]
+        if outside or not picked:
+            raise UsageError(
+                f"--levels {levels}: levels {outside or picked} are not configured; "
+                f"choose within the project's levels {allowed}"
+            )
+        chosen = None if picked == configured else tuple(picked)
+    if extent is not None and aoi is not None:
+        raise UsageError("give --extent or --aoi, not both")
+    area = None
+    source = None
+    crs = project.scheme.crs
+    if extent is not None:
+        area = extent_area(extent, extent_crs or crs, crs)
+        source = f"--extent {extent}" + (f" ({extent_crs})" if extent_crs else "")
+    elif aoi is not None:
+        area = read_aoi(aoi, crs)
+        source = f"--aoi {aoi}"
+    elif extent_crs is not None:
+        raise UsageError("--extent-crs needs --extent")
+    known = project.extent or project.scheme.extent
+    if area is not None and known is not None and not area.intersects(shapely.box(*known)):
+        where = "[render] extent" if project.extent else "tiling scheme's extent"
+        raise ConfigError(
+            f"{source}: the area lies outside the {where} "
+            f"({', '.join(f'{v:.6g}' for v in known)} in {crs})"
+        )
+    return Scope(levels=chosen, area=area, source=source)
+
+
+def seed_dry_run(project: Project, *, scope: Scope | None = None, restart: bool = False) -> dict:
+    """What ``seed`` would do, through the plan the seed executes (:func:`plan_seed`):
+    per level the meta-tiles and tiles left to render, and an estimate; writes nothing."""
+    layers = read_layers(project)
+    sp = plan_seed(project, layers, scope=scope, restart=restart)
+    result = _dry_run(project, "seed", sp.todo, scope)
+    result["metatiles_planned"] = sp.plan.metatile_count
+    if sp.resume:
+        result["resume"] = {"metatiles_done": sp.metatiles_done, "bundles_done": len(sp.done)}
+    if sp.discard:
+        result["discard"] = sp.discard
+    return result
+
+
+def update_dry_run(project: Project, *, scope: Scope | None = None) -> dict:
+    """What ``update`` would do, through the plan the update executes; writes nothing."""
+    layers = read_layers(project)
+    changes = detect_changes(project, layers)
+    if changes.rebuild:
+        result = seed_dry_run(project, scope=scope)
+        result["kind"] = "update"
+        result["rebuild"] = changes.rebuild
+    else:
+        result = _dry_run(project, "update", plan_update(project, changes, layers, scope), scope)
+    result["changes"] = changes.as_dict()
+    return result
+
+
+def _dry_run(project: Project, kind: str, plan: TilePlan, scope: Scope | None) -> dict:
+    tiles = plan.tile_count(project.scheme)
+    speed = measured_speed(project)
+    size = _mean_tile_bytes(project)
+    levels = [
+        lv for lv in project.levels if scope is None or scope.levels is None or lv in scope.levels
+    ]
+    out: dict[str, Any] = {
+        "dry_run": True,
+        "kind": kind,
+        "levels": {
+            str(lv): {"metatiles": len(plan.levels.get(lv, ())), "tiles": tiles.get(lv, 0)}
+            for lv in levels
+        },
+        "metatiles": plan.metatile_count,
+        "tiles": sum(tiles.values()),
+        "estimated_seconds": round(plan.metatile_count / speed, 1) if speed else None,
+        "estimated_bytes": int(sum(tiles.values()) * size) if size else None,
+        "estimate_basis": (
+            f"{speed:.1f} meta-tiles/s measured over the last runs"
+            if speed
+            else "no measurement yet"
+        )
+        + (f"; {size:,.0f} bytes per stored tile in the cache" if size else ""),
+    }
+    if scope is not None and scope.partial:
+        out["partial"] = scope.as_json()
+    return out
+
+
+def _mean_tile_bytes(project: Project, sample: int = 256) -> float | None:
+    """Mean size of (up to ``sample``) tiles stored in the cache, or None."""
+    if not project.cache_path.exists():
+        return None
+    try:
+        with open_project_store(project, readonly=True) as store:
+            addrs = list(itertools.islice(store.iter_tiles(), sample))
+            got = store.get_many(addrs)
+    except TileDeltaError:
+        return None
+    return sum(len(b) for b in got.values()) / len(got) if got else None
+
+
+def with_engine(project: Project, engine: str | None, scheduler: str | None) -> Project:
+    """The project with ``[render] engine`` / ``scheduler`` overridden (``--engine``,
+    ``--scheduler``); a scheduler address alone means the Dask engine."""
+    changes: dict[str, Any] = {}
+    if scheduler:
+        if not re.fullmatch(r"(tcp|tls|inproc|ws|wss)://\S+", scheduler):
+            raise ConfigError(
+                f"--scheduler {scheduler}: not a Dask scheduler address; give one like "
+                "tcp://host:8786"
+            )
+        changes["scheduler"] = scheduler
+        changes["engine"] = engine or "dask"
+    elif engine:
+        changes["engine"] = engine
+    return project.updated(render=changes) if changes else project
 
 
 def init_project(
@@ -75,15 +273,37 @@ def init_project(
     cache_kind: str = "compact",
     fmt: str = "png",
     force: bool = False,
+    map_path: Path | None = None,
+    map_name: str | None = None,
+    layer_sources: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``directory/tiledelta.toml`` (and a default style when only sources are given)."""
+    """Write ``directory/tiledelta.toml`` (and a default style when only sources are given).
+
+    With ``map_path`` (an ArcGIS Pro .aprx/.mapx/.lyrx) the project reads that map
+    (docs/pro-maps.md); ``layer_sources`` maps layer names to readable copies of their data
+    (``[layers."NAME"] source``). Nothing is written when the map cannot be used.
+    """
     directory = Path(directory)
     target = directory / PROJECT_FILE
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; use --force to overwrite it")
+    if map_path is not None:
+        if style is not None or sources:
+            raise ConfigError("give either --map, --style STYLE.xml or --source PATH, not several")
+        return _init_from_map(
+            directory,
+            Path(map_path),
+            map_name,
+            layer_sources or {},
+            levels,
+            scheme,
+            cache_kind,
+            fmt,
+        )
+    if map_name is not None or layer_sources:
+        raise ConfigError("--map-name and --layer-source need --map County.aprx")
     if (style is None) == (not sources):
         raise ConfigError("give either --style STYLE.xml or one or more --source PATH")
-    directory.mkdir(parents=True, exist_ok=True)
     if style is not None:
         style = Path(style)
         if not style.is_file():
@@ -91,18 +311,100 @@ def init_project(
         style_ref = _relative(style.resolve(), directory.resolve())
     else:
         style_ref = "style.xml"
-        _write_default_style(directory, sources or [])
     cache_path = "cache.mbtiles" if cache_kind == "mbtiles" else "cache"
-    data = {
+    data: dict[str, Any] = {
         "style": style_ref,
         "scheme": scheme,
         "levels": levels,
         "cache": {"kind": cache_kind, "path": cache_path, "format": fmt},
     }
-    cfg = parse_config(data, target)
-    project = Project(directory, cfg)
-    project.check()  # scheme and levels, before writing
-    project.style  # noqa: B018
+    Project(directory, parse_config(data, target)).check()  # scheme and levels, before writing
+    # A failed init leaves nothing behind: the folders it made and the style it wrote go.
+    made = next((p for p in reversed([directory, *directory.parents]) if not p.exists()), None)
+    default = directory / "style.xml"
+    had_default = default.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = _write_default_style(directory, sources or []) if style is None else {}
+        if keys:
+            data["layers"] = {name: {"key": key} for name, key in keys.items()}
+        project = Project(directory, parse_config(data, target))
+        project.style  # noqa: B018
+        path = project.save()
+        _note_keys(path, keys)
+        return path
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        elif style is None and not had_default:
+            default.unlink(missing_ok=True)
+        raise
+
+
+def _note_keys(path: Path, keys: dict[str, str]) -> None:
+    """Say in ``tiledelta.toml`` which keys init proposed, above each layer's table."""
+    if not keys:
+        return
+    text = path.read_text(encoding="utf-8")
+    for name, key in keys.items():
+        header = f"[layers.{name}]"
+        if header not in text:
+            header = f'[layers."{name}"]'
+        note = (
+            f'# init proposed key = "{key}": a unique integer id field of {name}, so an '
+            "edited feature shows as modified (delete the key to match features by content)"
+        )
+        text = text.replace(header, f"{note}\n{header}", 1)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _init_from_map(
+    directory: Path,
+    map_path: Path,
+    map_name: str | None,
+    layer_sources: dict[str, str],
+    levels: str,
+    scheme: str,
+    cache_kind: str,
+    fmt: str,
+) -> Path:
+    """A project reading a Pro map: every check (the map, its layers and their data) runs
+    before the folder or the file is written."""
+    if not map_path.is_file():
+        raise ConfigError(f"{map_path}: map file not found")
+    root = directory.resolve()
+    layers = {}
+    for name, src in layer_sources.items():
+        p = Path(src).expanduser()
+        ref = src if src.startswith("PG:") else _relative(p.resolve(), root)
+        layers[name] = {"source": ref}
+    data: dict[str, Any] = {
+        "map": _relative(map_path.resolve(), root),
+        "scheme": scheme,
+        "levels": levels,
+        "cache": {
+            "kind": cache_kind,
+            "path": "cache.mbtiles" if cache_kind == "mbtiles" else "cache",
+            "format": fmt,
+        },
+    }
+    if map_name is not None:
+        data["map_name"] = map_name
+    if layers:
+        data["layers"] = layers
+    target = directory / PROJECT_FILE
+    project = Project(directory, parse_config(data, target))
+    project.check()
+    style = project.style  # reads the map and checks every layer's data
+    unknown = sorted(set(layer_sources) - {lyr.name for lyr in style.layers})
+    if unknown:
+        raise ConfigError(
+            f"--layer-source names {', '.join(map(repr, unknown))}, not a feature layer of the "
+            f"map (its layers: {', '.join(repr(lyr.name) for lyr in style.layers)})"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
     return project.save()
 
 
@@ -113,8 +415,11 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def _write_default_style(directory: Path, sources: list[str]) -> None:
+def _write_default_style(directory: Path, sources: list[str]) -> dict[str, str]:
+    """Write ``style.xml`` drawing ``sources``; return the key proposed per layer (a
+    unique integer id field: :func:`~tiledelta.sources.keys.find_key_field`)."""
     described: list[dict[str, Any]] = []
+    keys: dict[str, str] = {}
     for spec in sources:
         path, _, layer = spec.partition("::") if "::" in spec else _split_layer(spec)
         real = Path(path).expanduser()
@@ -135,7 +440,11 @@ def _write_default_style(directory: Path, sources: list[str]) -> None:
                     "srs": (d["crs"] or "").lower() or None,
                 }
             )
+            key = find_key_field(str(real), lyr)
+            if key is not None:
+                keys[described[-1]["name"]] = key
     (directory / "style.xml").write_text(default_style(described), encoding="utf-8")
+    return keys
 
 
 def _split_layer(spec: str) -> tuple[str, str, str]:
@@ -144,6 +453,23 @@ def _split_layer(spec: str) -> tuple[str, str, str]:
     if sep and head and len(head) > 1 and not Path(spec).exists():
         return head, sep, tail
     return spec, "", ""
+
+
+def map_info(path: Path, map_name: str | None = None) -> dict[str, Any]:
+    """What tiledelta reads from an ArcGIS Pro map (.aprx/.mapx/.lyrx), without opening its
+    data: layers, data connections, scale ranges, definition queries, fields, labels,
+    buffers, and the layers not used (docs/pro-maps.md)."""
+    return describe_map(read_pro_map(Path(path), map_name))
+
+
+def map_layer_lines(project: Project) -> list[str]:
+    """For a project reading an ArcGIS Pro map: one line per feature layer (data, scale
+    range, definition query, fields, labels, buffer), then the map's notes (layers not
+    used, fields that could not be told). Empty for a Mapnik XML style."""
+    if project.config.map is None:
+        return []
+    pro = read_pro_map(project.style_file, project.config.map_name)
+    return layer_lines(pro) + list(project.style.notes)
 
 
 def project_info(project: Project) -> dict:
@@ -198,8 +524,9 @@ def run_demo(
     verify: bool = True,
 ) -> dict:
     """The main job on sample data: build a sample county's cache, edit the data, update."""
+    require_mapnik()  # before the sample county is written
     directory = Path(directory)
-    counts = sample.generate(directory)
+    counts = sample.generate(directory, hillshade=True)  # and a hillshade under the vectors
     say(
         f"sample county written to {directory / 'data' / 'county.gpkg'}: "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -216,7 +543,7 @@ def run_demo(
     project = load_project(directory)
     full = seed(project, progress=progress)
     say(
-        f"full build: {full['tiles_written']:,} tiles ({full['metatiles_rendered']:,} meta-tiles) "
+        f"full build: {counts_line(full)} ({full['metatiles_rendered']:,} meta-tiles) "
         f"in {full['seconds']:.2f} s -> {full['cache']}"
     )
     say("editing the sample data:")
@@ -227,10 +554,8 @@ def run_demo(
         if any(c.values()):
             say(f"  {name}: {c['added']} added, {c['modified']} modified, {c['deleted']} deleted")
     say(
-        f"update: re-rendered {upd['tiles_rendered']:,} tiles ({upd['metatiles_rendered']:,} "
-        f"meta-tiles), wrote {upd['tiles_written']:,}, removed {upd['tiles_removed']:,}, "
-        f"{upd['tiles_unchanged']:,} unchanged, in {upd['seconds']:.2f} s "
-        f"(the full build took {full['seconds']:.2f} s)"
+        f"update: {counts_line(upd)} ({upd['metatiles_rendered']:,} meta-tiles) "
+        f"in {upd['seconds']:.2f} s (the full build took {full['seconds']:.2f} s)"
     )
     result = {"seed": full, "update": upd}
     if verify:
@@ -266,8 +591,15 @@ def verify_against_full_build(directory: Path) -> tuple[bool, int]:
     return same, len(ta)
 
 
-def plan_summary(project: Project, aoi: Path | None = None) -> dict:
-    """What ``update`` would do: changes, tiles per level, an estimate; writes no tiles."""
+def plan_summary(project: Project, aoi: Path | None = None, target: str = "local") -> dict:
+    """What ``update`` would do: changes, tiles per level, an estimate; writes no tiles.
+
+    With ``target="arcgis"``: per level of the service, the tiles found dirty and the
+    supertiles and tiles ArcGIS Server would redraw (the service's JSON is read; no job
+    is sent).
+    """
+    if target == "arcgis":
+        return plan_server(project, aoi=aoi)
     layers = read_layers(project)
     changes = detect_changes(project, layers)
     if changes.rebuild:
@@ -320,6 +652,11 @@ def describe_changes(changes: dict) -> list[str]:
         lines.append(f"dropped levels (tiles removed): {changes['dropped_levels']}")
     if changes["unfinished_run"]:
         lines.append("an earlier update did not finish: its tiles are planned again")
+    for name in changes.get("restyled", []):
+        lines.append(
+            f"{name}: its symbology, labels or scale range changed in the map, or the layer "
+            "was added or removed (its levels are rebuilt)"
+        )
     return lines
 
 
@@ -330,8 +667,20 @@ def run_update(
     say: Callable[[str], None] = print,
     progress: Progress | None = None,
     mark_current: bool = False,
+    via: str = "render",
+    upload_progress: Progress | None = None,
 ) -> dict:
-    """``tiledelta update``: the local cache, or the ArcGIS Server cache."""
+    """``tiledelta update``: the local cache, or the ArcGIS Server cache.
+
+    With ``target="arcgis"``, ``via="render"`` has the server redraw the changed area;
+    ``via="package"`` renders locally and imports the changed tiles as a tile package.
+    """
+    if target == "arcgis" and via == "package":
+        if mark_current:
+            raise ConfigError("--mark-current goes with --via render, not --via package")
+        return update_via_package(
+            project, say=say, progress=progress, upload_progress=upload_progress
+        )
     if target == "arcgis":
         return update_server(project, say=say, mark_current=mark_current)
     result = update(project, progress=progress)
@@ -350,6 +699,12 @@ def make_package(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """``tiledelta package``: a .tpkx from the local cache, optionally uploaded to the item."""
+    if upload and changed_only:
+        raise ConfigError(
+            "--changed-only with --upload would replace the full tile package of the portal "
+            "item [arcgis] item_id with a partial one; patch the service with "
+            "'tiledelta update --target arcgis --via package' instead"
+        )
     chosen = select_levels(project.scheme, levels) if levels else None
     result = write_tpkx(project, out, levels=chosen, changed_only=changed_only)
     if upload:
@@ -362,3 +717,28 @@ def publish_service(
 ) -> dict[str, Any]:
     """``tiledelta publish``: overwrite the service keeping its cache, then update the cache."""
     return publish(project, say=say, update_cache=update_cache)
+
+
+def pro_project(
+    directory: Path | str, *, aprx: str | None = None, map_name: str | None = None
+) -> Project:
+    """The project an ArcGIS Pro toolbox tool works on.
+
+    ``directory`` holds ``tiledelta.toml``; when it has none, one is made from the Pro
+    map (``aprx`` + ``map_name``, as ``tiledelta init --map``). ``aprx``/``map_name``
+    also become this run's ``[arcgis] aprx``/``map`` (what ``publish`` shares).
+    """
+    directory = Path(directory)
+    if not (directory / PROJECT_FILE).is_file():
+        if not aprx:
+            raise ConfigError(
+                f"{directory}: no {PROJECT_FILE}; choose the map (or its .aprx) to make one, "
+                "or run 'tiledelta init' there"
+            )
+        init_project(directory, map_path=Path(aprx), map_name=map_name)
+    project = load_project(directory)
+    cfg = project.config.arcgis
+    update = {k: v for k, v in (("aprx", aprx), ("map", map_name)) if v}
+    if cfg is not None and update:
+        project = project.updated(arcgis=cfg.model_copy(update=update))
+    return project

@@ -103,6 +103,12 @@ class RenderConfig(BaseModel):
         None, gt=0, description="cap on the render rate, for shared machines"
     )
     extent: tuple[float, float, float, float] | None = None
+    #: seconds one meta-tile may take to draw before the run stops naming it
+    metatile_timeout: float = Field(300.0, gt=0)
+    #: "local": a process pool on this machine; "dask": a Dask cluster (docs/dask.md)
+    engine: Literal["local", "dask"] = "local"
+    #: the Dask scheduler (tcp://host:8786); none with engine "dask" starts a LocalCluster
+    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ws|wss)://\S+$")
 
     @field_validator("extent")
     @classmethod
@@ -122,6 +128,26 @@ class LayerConfig(BaseModel):
     model_config = _FROZEN
 
     key: str | None = None
+    #: overrides ``[update] max_delete_share`` for this layer
+    max_delete_share: float | None = Field(None, ge=0, le=1)
+    #: a Pro map's layer read from here instead of its own data connection (e.g. a FileGDB
+    #: copy of an enterprise layer: "exports/county.gdb/taxlots", or "PG:..." with ``layer``)
+    source: str | None = None
+    layer: str | None = None  # the layer / table inside ``source``
+    where: str | None = None  # GDAL where clause used instead of the map's definition query
+    #: raster layers: a file whose size, modification time and header are unchanged keeps
+    #: its block fingerprints without being read again (docs/rasters.md: what that trusts)
+    trust_mtime: bool = False
+
+
+class UpdateConfig(BaseModel):
+    """``[update]``: guards on what an update may do unasked."""
+
+    model_config = _FROZEN
+
+    #: an update that would delete more than this share of a layer's features stops
+    #: (``--allow-mass-delete`` lets it through)
+    max_delete_share: float = Field(0.2, ge=0, le=1)
 
 
 class ArcGISConfig(BaseModel):
@@ -140,10 +166,23 @@ class ArcGISConfig(BaseModel):
     quiet_hours: str | None = None  # e.g. "22:00-06:00": server jobs run only then
     job_timeout_minutes: float = Field(120, gt=0)
     poll_seconds: float = Field(2.0, gt=0)
+    #: how long a job that is cancelling, or in a state tiledelta does not know, is followed
+    settle_seconds: float = Field(120.0, gt=0)
+    #: uploads larger than this go in parts of this size (MB; portals want >= 5 but the last)
+    part_mb: float = Field(20, gt=0, le=1024)
+    #: `update --via package`: "auto" = a hosted tile layer when the service is in Hosted/
+    service_type: Literal["auto", "map-service", "hosted-tile-layer"] = "auto"
+    keep_patch_item: bool = False  # keep the patch package's portal item after the import
     cache_task: str = "System/CachingControllers/GPServer/Manage Map Cache Tiles"
+    #: pixels per supertile the server draws: "auto" reads the service's antialiasing
+    #: (2048 with, 4096 without; 2048 when the service does not say)
+    supertile: Literal["auto", 2048, 4096] = "auto"
     sd: str | None = None  # a staged .sd to upload when arcpy is not available
     aprx: str | None = None  # ArcGIS Pro project, for publishing with arcpy
     map: str | None = None  # map name inside the .aprx
+    #: a stand-alone ArcGIS Server's connection file (.ags): publish with a
+    #: STANDALONE_SERVER draft instead of a federated one (docs/arcgis.md)
+    server_connection: str | None = None
     item_id: str | None = None  # portal item for the thumbnail / tile package / run summaries
     describe_runs: bool = False  # append each publish's run summary to the item description
 
@@ -198,17 +237,34 @@ class ProjectConfig(BaseModel):
 
     model_config = _FROZEN
 
-    style: str
+    style: str | None = None  # a Mapnik XML style, or:
+    map: str | None = None  # an ArcGIS Pro map: .aprx, .mapx or .lyrx (docs/pro-maps.md)
+    map_name: str | None = None  # which map of the .aprx
     scheme: str = "web-mercator"
     levels: str = "0-19"
     cache: CacheConfig = CacheConfig()
     render: RenderConfig = RenderConfig()
     layers: dict[str, LayerConfig] = {}
+    update: UpdateConfig = UpdateConfig()
     arcgis: ArcGISConfig | None = None
     notify: NotifyConfig | None = None
 
     @model_validator(mode="after")
     def _cross_fields(self) -> ProjectConfig:
+        if (self.style is None) == (self.map is None):
+            raise ValueError(
+                'give either style = "map.xml" (Mapnik XML) or map = "County.aprx" (ArcGIS Pro)'
+            )
+        if self.map_name is not None and self.map is None:
+            raise ValueError("map_name needs map = an ArcGIS Pro project (.aprx)")
+        for name, lyr in self.layers.items():
+            if self.map is None and (lyr.source or lyr.layer or lyr.where):
+                raise ValueError(
+                    f'[layers."{name}"] source/layer/where map a Pro map\'s layer to its data; '
+                    "with a Mapnik style, give the datasource in the style"
+                )
+            if lyr.source is None and lyr.layer:
+                raise ValueError(f'[layers."{name}"] layer needs source = "..."')
         if self.cache.blank_tiles == "store" and self.cache.kind == "xyz":
             raise ValueError(
                 'cache.blank_tiles = "store" needs a compact or mbtiles cache: an XYZ folder '

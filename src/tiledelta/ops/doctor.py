@@ -8,15 +8,21 @@ says only whether they are there, and every line is scrubbed of known secrets.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
+import sqlite3
+import struct
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pyogrio
 
 from tiledelta.config import read_config
@@ -26,6 +32,8 @@ from tiledelta.publish.arcgis.cache import tls_verify
 from tiledelta.publish.arcgis.client import ArcGISError, is_local, load_credentials
 from tiledelta.sources import display_path, list_layers, read_layer
 from tiledelta.stores import open_project_store
+from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC
+from tiledelta.stores.compact import DATA_START, HEADER, OFFSET_MASK, parse_bundle_index
 
 SERVER_TIMEOUT = 5.0  # seconds for the ArcGIS Server reachability check
 _PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
@@ -46,7 +54,9 @@ class Check:
         return f"{self.status:<4}  {self.name}: {self.detail}"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "status": self.status}
+        """The ``--json`` form: a passing check has level ``ok``; a failed one its level
+        (``error`` or ``warning``)."""
+        return {**asdict(self), "level": "ok" if self.ok else self.level, "status": self.status}
 
 
 def exit_code(checks: list[Check]) -> int:
@@ -55,8 +65,16 @@ def exit_code(checks: list[Check]) -> int:
 
 
 def report(checks: list[Check]) -> dict:
-    """The ``--json`` object."""
-    return {"ok": exit_code(checks) == 0, "checks": [c.as_dict() for c in checks]}
+    """The ``--json`` object; when a check failed, also the ``error``, ``kind`` and ``hint``
+    every command's ``--json`` error has (the first failed check)."""
+    out: dict = {"ok": exit_code(checks) == 0, "checks": [c.as_dict() for c in checks]}
+    failed = [c for c in checks if not c.ok and c.level == "error"]
+    if failed:
+        out["error"] = f"{failed[0].name}: {failed[0].detail}"
+        out["kind"] = "doctor"
+        out["hint"] = f"{len(failed)} check(s) failed; see checks" if len(failed) > 1 else None
+        out["exit_code"] = exit_code(checks)
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -99,7 +117,9 @@ def run_checks(project_dir: Path | str) -> list[Check]:
     """Run every check that applies to the project in ``project_dir``."""
     root = Path(project_dir)
     r = _Runner()
-    r.run("mapnik", _check_mapnik)
+    # Without Mapnik (the core install) this is the one line naming the render extra;
+    # the style is then only parsed, and the fonts are not checked.
+    has_mapnik = r.run("mapnik", _check_mapnik)
     holder: dict[str, Project] = {}
 
     def load() -> str:
@@ -114,15 +134,21 @@ def run_checks(project_dir: Path | str) -> list[Check]:
     project = holder["p"]
     for lyr_pw in _style_passwords(project):
         r.secrets.add(lyr_pw)
-    style_ok = r.run("style", lambda: _check_style(project))
+    style_ok = r.run("style", lambda: _check_style(project, with_mapnik=has_mapnik))
     if style_ok or _style_parses(project):
-        r.run("fonts", lambda: _check_fonts(project))
+        if has_mapnik:
+            r.run("fonts", lambda: _check_fonts(project))
         for src in project.style.layers:
             r.run(f"datasource {src.name}", partial(_check_layer, project, src))
     scheme_ok = r.run("scheme", lambda: _check_scheme(project))
-    if scheme_ok:
-        r.run("cache", lambda: _check_cache(project))
+    cache_ok = scheme_ok and r.run("cache", lambda: _check_cache(project))
+    if cache_ok and project.cache_path.exists() and project.config.cache.kind != "xyz":
+        r.run("cache files", lambda: _check_cache_files(project))
     r.run("state", lambda: _check_state(project))
+    for name, path, map_name in _pro_documents(project):
+        r.run(name, partial(_check_pro_document, project, path, map_name))
+    if _pro_documents(project):
+        r.run("arcpy", _check_arcpy, level="warning")
     if project.config.arcgis is not None:
         r.run("arcgis credentials", lambda: _check_credentials(project, r.secrets))
         r.run("arcgis server", lambda: _check_server(project))
@@ -154,11 +180,13 @@ def _style_passwords(project: Project) -> list[str]:
         return []
 
 
-def _check_style(project: Project) -> str:
+def _check_style(project: Project, *, with_mapnik: bool = True) -> str:
+    style = project.style  # StyleError names the file and the reason
+    if not with_mapnik:
+        return f"{style.path}: {len(style.layers)} layer(s), parsed (not loaded: no Mapnik)"
     # Mapnik is optional: imported only to check the style with it.
     from tiledelta.render.validate import validate_style
 
-    style = project.style  # StyleError names the file and the reason
     validate_style(style)
     return f"{style.path}: {len(style.layers)} layer(s), loads in Mapnik"
 
@@ -291,6 +319,148 @@ def _check_cache(project: Project) -> str:
     if path.is_file() and not os.access(path, os.W_OK):
         raise CheckFailed(f"{where}: the file is read-only; fix its permissions")
     return f"{where} ({c.kind}, {c.format}): holds this scheme and is writable"
+
+
+def _check_cache_files(project: Project) -> str:
+    """Every bundle's header and index (compact), or SQLite's quick check (MBTiles)."""
+    path = project.cache_path
+    if project.config.cache.kind == "mbtiles":
+        return _check_mbtiles_file(project, path)
+    bundles = sorted(path.glob("_alllayers/L*/R*C*.bundle")) if path.is_dir() else []
+    bad: list[str] = []
+    tiles = 0
+    for bundle in bundles:
+        try:
+            tiles += check_bundle(bundle)
+        except CheckFailed as exc:
+            bad.append(str(exc))
+    if bad:
+        more = f" ({len(bad) - 1} more bad bundle(s))" if len(bad) > 1 else ""
+        raise CheckFailed(
+            f"{bad[0]}{more}; rebuild the cache with 'tiledelta seed --project {project.root}'"
+        )
+    return f"{len(bundles):,} bundle(s), {tiles:,} tile record(s): headers and indexes valid"
+
+
+def check_bundle(bundle: Path) -> int:
+    """The number of tile records of a Compact Cache V2 bundle whose header, index and
+    records are sound; :class:`CheckFailed` naming the bundle and what is wrong.
+
+    Reads the 64-byte header, the 16384-record index and, per record, the 4-byte size
+    Esri writes before each tile and the tile's first bytes (a PNG or JPEG signature).
+    """
+    name = f"{bundle.parent.name}/{bundle.name}"
+    size = bundle.stat().st_size
+    if size < DATA_START:
+        raise CheckFailed(
+            f"bundle {name} is truncated: {size:,} bytes, less than its header and index "
+            f"({DATA_START:,} bytes)"
+        )
+    with bundle.open("rb") as fh:
+        head = fh.read(DATA_START)
+        version, _records, _max, _offset_bytes, _slack, file_size, *_rest = HEADER.unpack_from(head)
+        if version != 3:
+            raise CheckFailed(f"bundle {name}: header says version {version}, not 3 (V2 bundle)")
+        if file_size > size:
+            raise CheckFailed(
+                f"bundle {name} is truncated: its header says {file_size:,} bytes, "
+                f"the file has {size:,}"
+            )
+        index = parse_bundle_index(head, name)
+        records = {int(r) for r in index[(index >> np.uint64(40)) > 0].tolist()}
+        for rec in sorted(records):
+            length, offset = rec >> 40, rec & OFFSET_MASK
+            if offset < DATA_START + 4 or offset + length > size:
+                raise CheckFailed(
+                    f"bundle {name}: an index record points past the end of the file "
+                    f"(offset {offset:,}, {length:,} bytes, file {size:,} bytes)"
+                )
+            fh.seek(offset - 4)
+            got = fh.read(12)
+            prefix = struct.unpack_from("<I", got)[0]
+            if prefix != length or not got[4:].startswith((PNG_MAGIC[:8], JPEG_MAGIC[:3])):
+                raise CheckFailed(
+                    f"bundle {name}: the tile at offset {offset:,} is corrupt "
+                    f"(size {prefix:,} where the index says {length:,}, or not PNG/JPEG)"
+                )
+    return int(np.count_nonzero(index >> np.uint64(40)))
+
+
+def _check_mbtiles_file(project: Project, path: Path) -> str:
+    where = _short_path(project, path)
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            verdict = [row[0] for row in con.execute("PRAGMA quick_check")]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise CheckFailed(f"{where}: not a readable SQLite file ({exc})") from exc
+    if verdict != ["ok"]:
+        raise CheckFailed(
+            f"{where}: SQLite finds it corrupt ({'; '.join(verdict[:2])}); rebuild it with "
+            f"'tiledelta seed --project {project.root}'"
+        )
+    return f"{where}: SQLite's quick check passes"
+
+
+def _pro_documents(project: Project) -> list[tuple[str, Path, str | None]]:
+    """The ArcGIS Pro documents the project uses: ``map`` (an .aprx, .mapx or .lyrx the
+    style comes from) and ``[arcgis] aprx`` (publishing), with the map name asked for."""
+    out = []
+    cfg = project.config
+    pro_map = getattr(cfg, "map", None)
+    if pro_map:
+        out.append(("map", project.root / pro_map, getattr(cfg, "map_name", None)))
+    if cfg.arcgis is not None and cfg.arcgis.aprx:
+        out.append(("arcgis aprx", project.root / cfg.arcgis.aprx, cfg.arcgis.map))
+    return out
+
+
+def _check_pro_document(project: Project, path: Path, map_name: str | None) -> str:
+    where = _short_path(project, path)
+    if not path.is_file():
+        raise CheckFailed(f"{where} does not exist; fix the path in {PROJECT_FILE}")
+    suffix = path.suffix.lower()
+    if suffix == ".aprx":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckFailed(
+                f"{where} is not an ArcGIS Pro project (.aprx is a ZIP archive: {exc}); "
+                "save the project again in ArcGIS Pro"
+            ) from exc
+        if bad is not None:
+            raise CheckFailed(f"{where}: member {bad} is corrupt; save the project again in Pro")
+        maps = _aprx_maps(names)
+        shown = f"map {map_name!r}" if map_name else "its maps"
+        return f"{where}: ArcGIS Pro project, {len(maps)} map document(s); {shown} used"
+    if suffix in (".mapx", ".lyrx"):
+        try:
+            json.loads(path.read_text(encoding="utf-8-sig"))
+        except (ValueError, OSError) as exc:
+            raise CheckFailed(f"{where} is not a valid {suffix} (JSON) file: {exc}") from exc
+        return f"{where}: {suffix} document reads"
+    raise CheckFailed(f"{where}: use an .aprx, .mapx or .lyrx file")
+
+
+def _aprx_maps(names: list[str]) -> list[str]:
+    return [n for n in names if n.lower().endswith((".xml", ".json")) and "map" in n.lower()]
+
+
+def _check_arcpy() -> str:
+    if importlib.util.find_spec("arcpy") is None:
+        raise CheckFailed(
+            "arcpy is not importable: run tiledelta from ArcGIS Pro's Python (the toolbox "
+            "or 'propy') to read .aprx maps and publish with them"
+        )
+    import arcpy  # only where ArcGIS Pro is
+
+    info = getattr(arcpy, "GetInstallInfo", None)
+    version = (info() or {}).get("Version") if callable(info) else None
+    return f"arcpy {version or '(version unknown)'} importable"
 
 
 def _check_state(project: Project) -> str:

@@ -27,11 +27,12 @@ from pathlib import Path
 from tiledelta.api import load_project, update
 from tiledelta.change import Changes, detect_changes
 from tiledelta.config import in_window, parse_window
-from tiledelta.errors import ConfigError, LockedError, TileDeltaError
+from tiledelta.errors import ConfigError, Interrupted, LockedError, TileDeltaError
 from tiledelta.project import PROJECT_FILE, Project
 from tiledelta.publish.arcgis.cache import update_server
 from tiledelta.render import Throttle
 from tiledelta.runs.notify import notify
+from tiledelta.runs.report import counts_line
 
 #: A signature taken less than this many seconds after a file's last change is not
 #: trusted for skipping detection (an edit in the same timestamp tick could hide).
@@ -109,7 +110,7 @@ def _file_group(path: Path) -> list[Path]:
 def input_files(project: Project) -> list[Path] | None:
     """Every file whose change can change the tiles, or None when a source is not a file
     (PostGIS and other connection strings: the pre-check cannot see those)."""
-    files = [project.root / PROJECT_FILE, project.resolve(project.config.style)]
+    files = [project.root / PROJECT_FILE, project.style_file]
     scheme = project.resolve(project.config.scheme)
     if project.config.scheme.lower().replace("_", "-") not in ("web-mercator", "webmercator"):
         files.append(scheme)
@@ -251,6 +252,8 @@ class Watcher:
         self.say(self._stamp(f"changes: {describe(changes)}; updating ({self.target})"))
         try:
             result = self._run(project)
+        except Interrupted as exc:  # Ctrl-C or SIGTERM during the run: the watcher stops
+            raise KeyboardInterrupt from exc
         except LockedError as exc:
             return Decision("locked", f"skipped: {_one_line(exc)}")
         except TileDeltaError as exc:
@@ -286,11 +289,7 @@ class Watcher:
         secs = r.get("watch_seconds") or r.get("seconds") or 0.0
         rate = f", {r['tiles_rendered'] / secs:,.0f} tiles/s" if secs else ""
         head = f"rebuilt ({r['rebuild']})" if r.get("rebuild") else "updated"
-        return (
-            f"{head}: {r['tiles_rendered']:,} tiles re-rendered, {r['tiles_written']:,} written, "
-            f"{r['tiles_unchanged']:,} unchanged, {r['tiles_removed']:,} removed "
-            f"in {secs:.1f} s{rate}"
-        )
+        return f"{head}: {counts_line(r)}; in {secs:.1f} s{rate}"
 
     def _notify_failure(self, d: Decision) -> None:
         """Tell ``on_failure``, or the project's ``[notify]`` channels (never raises)."""
@@ -351,9 +350,11 @@ def watch(
 ) -> dict:
     """Poll every ``every`` seconds and update when the data changed; return counts.
 
-    Stops after ``max_runs`` update runs (successful or failed) or ``max_polls``
-    polls, or on Ctrl-C. ``window`` ("HH:MM-HH:MM", may wrap past midnight) limits
-    when updates run; with ``target="arcgis"`` it defaults to ``[arcgis] quiet_hours``.
+    Stops after ``max_runs`` runs (checks of the data inside the window, whether or not
+    they updated the cache: ``max_runs=1`` is one check-and-update) or ``max_polls``
+    polls, or on Ctrl-C or SIGTERM (``runs`` in the result counts the updates).
+    ``window`` ("HH:MM-HH:MM", may wrap past midnight) limits when updates run; with
+    ``target="arcgis"`` it defaults to ``[arcgis] quiet_hours``.
     """
     if not every > 0:
         raise ConfigError("--every: the interval must be longer than zero")
@@ -388,15 +389,17 @@ def watch(
             + " (Ctrl-C stops)"
         )
     )
-    polls = runs = 0
+    polls = runs = checks = 0
     try:
         while True:
             d = w.poll()
             polls += 1
             say(w._stamp(d.line))
             runs += d.ran
-            if max_runs is not None and runs >= max_runs:
-                say(w._stamp(f"stopping after {runs} run(s)"))
+            # A check that found the data current counts too: --max-runs 1 always ends.
+            checks += d.kind != "outside-window"
+            if max_runs is not None and checks >= max_runs:
+                say(w._stamp(f"stopping after {checks} run(s) ({runs} updated the cache)"))
                 break
             if max_polls is not None and polls >= max_polls:
                 say(w._stamp(f"stopping after {polls} poll(s)"))
@@ -404,7 +407,7 @@ def watch(
             sleep(every)
     except KeyboardInterrupt:
         say(w._stamp("stopped (Ctrl-C)"))
-    return {"polls": polls, "runs": runs, "decisions": dict(w.counts)}
+    return {"polls": polls, "runs": runs, "checks": checks, "decisions": dict(w.counts)}
 
 
 def _human(seconds: float) -> str:

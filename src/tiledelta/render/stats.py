@@ -33,18 +33,47 @@ class BlankFill:
         return BlankFill(self.data, ranges)
 
 
+#: The counts of a run, in the words every reader uses (CLI, report, viewer, --json).
+#: Every rendered tile is exactly one of written, unchanged or blank:
+#: ``rendered = written + unchanged + blank``. Apart from that: ``removed`` (stored tiles
+#: deleted: rendered blank where a tile was, blank copies left outside the data's new
+#: extent, dropped levels) and ``blank_stored`` (the shared background-only copy stored
+#: at an address, rendered blank or never rendered). What the run changed in the cache
+#: (``tiles.json``) is ``written + blank_stored + removed``; a seed stores
+#: ``written + blank_stored`` tiles.
+COUNTS = ("rendered", "written", "unchanged", "blank", "removed", "blank_stored")
+
+
 @dataclass
 class RunStats:
+    """What a run did to tiles (see :data:`COUNTS`), in all and per level."""
+
     tiles_rendered: int = 0  # tiles cut from rendered meta-tiles (blank ones included)
-    tiles_written: int = 0  # tiles stored with new bytes
-    tiles_unchanged: int = 0  # rendered tiles whose stored bytes were already identical
-    tiles_removed: int = 0  # stored tiles that became blank and were deleted
-    tiles_blank: int = 0  # blank tiles (not stored)
+    tiles_written: int = 0  # rendered tiles with content, stored with new bytes
+    tiles_unchanged: int = 0  # rendered tiles with content whose stored bytes were identical
+    tiles_removed: int = 0  # stored tiles deleted
+    tiles_blank: int = 0  # rendered tiles of background only (kept as a copy or not stored)
     metatiles: int = 0
-    levels: dict[int, int] = field(default_factory=dict)  # level -> tiles written (seed)
-    changed: list[tuple[int, int, int]] = field(default_factory=list)  # written or removed
+    levels: dict[int, int] = field(default_factory=dict)  # level -> tiles stored by the run
+    changed: list[tuple[int, int, int]] = field(default_factory=list)  # stored or removed
     planned: dict[int, int] = field(default_factory=dict)  # level -> tiles in the plan
-    tiles_blank_stored: int = 0  # background-only tiles filled in (blank_tiles = "store")
+    tiles_blank_stored: int = 0  # blank copies stored (blank_tiles = "auto" / "store")
+    #: level -> {count name: n}, the :data:`COUNTS` per level
+    per_level: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: seconds the writing process spent storing tiles (the rest of a render stage renders)
+    write_seconds: float = 0.0
+
+    def count(self, what: str, level: int, n: int = 1) -> None:
+        """Add ``n`` to the count ``what`` (one of :data:`COUNTS`) at ``level``."""
+        setattr(self, f"tiles_{what}", getattr(self, f"tiles_{what}") + n)
+        row = self.per_level.setdefault(level, dict.fromkeys(COUNTS, 0))
+        row[what] += n
+        if what in ("written", "blank_stored"):
+            self.levels[level] = self.levels.get(level, 0) + n
 
     def count_level(self, level: int) -> None:
         self.levels[level] = self.levels.get(level, 0) + 1
+
+    def as_counts(self) -> dict[str, int]:
+        """The run's :data:`COUNTS` in all."""
+        return {what: getattr(self, f"tiles_{what}") for what in COUNTS}

@@ -150,7 +150,7 @@ def before_tile(folder: Path, level: int, row: int, col: int) -> tuple[bool, byt
     path = folder / BEFORE_FILE
     if not path.is_file():
         return False, None
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
     try:
         row_ = con.execute(
             "SELECT data FROM tiles WHERE level=? AND row=? AND col=?", (level, row, col)

@@ -21,7 +21,10 @@ the cache opened read-only once (:class:`~tiledelta.serve.service.TileService`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -35,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from tiledelta.errors import ConfigError, PortInUse
 from tiledelta.project import Project
 from tiledelta.serve import arcgis_rest, pages, viewer, wmts, xyz
 from tiledelta.serve.http import error_response
@@ -95,6 +99,40 @@ def create_app(project: Project, *, max_age: int = DEFAULT_MAX_AGE) -> Starlette
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, before anything else is printed:
+    :class:`~tiledelta.errors.PortInUse` (exit code 3) when another program has the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":  # as uvicorn: rebind a port in TIME_WAIT (on Windows this
+            # option would let two servers share the port, so it is left off there)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in _IN_USE or getattr(exc, "winerror", None) == 10048:
+            raise PortInUse(
+                f"{host}:{port} is already in use by another program; "
+                "stop it or choose another --port"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port"
+        ) from None
+    return sock
+
+
+_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
+
+
+def base_url(host: str, port: int) -> str:
+    """The address a browser on this machine opens for ``host:port``."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def run(
     project: Project,
     host: str = "127.0.0.1",
@@ -102,13 +140,24 @@ def run(
     *,
     max_age: int = DEFAULT_MAX_AGE,
     say: Callable[[str], None] | None = print,
-    log_level: str = "info",
+    log_level: str = "warning",
 ) -> None:
-    """Serve ``project``'s cache with uvicorn until interrupted."""
+    """Serve ``project``'s cache with uvicorn until interrupted.
+
+    The port is taken first (a busy port is one :class:`~tiledelta.errors.PortInUse`
+    line before any other output); then the viewer's URL and the service URLs are said.
+    """
     app = create_app(project, max_age=max_age)
-    if say is not None:
-        shown = f"[{host}]" if ":" in host else host
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}"
-        for key, url in app.state.service.summary(base)["urls"].items():
-            say(f"{key:<12} {url}")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    sock = listen(host, port)
+    try:
+        port = sock.getsockname()[1]  # the real port when 0 was asked for
+        if say is not None:
+            base = base_url(host, port)
+            say(f"{'viewer':<12} {base}/")
+            for key, url in app.state.service.summary(base)["urls"].items():
+                say(f"{key:<12} {url}")
+            say("Ctrl-C stops the server")
+        config = uvicorn.Config(app, log_level=log_level)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -7,10 +7,14 @@ whose real path lies outside the cache folder is never read.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import re
+import xml.etree.ElementTree as ET
 from typing import Any
 
+from PIL import Image, ImageColor
 from pyproj import CRS, Transformer
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +34,7 @@ from tiledelta.grid.esri import esri_units
 from tiledelta.project import Project
 from tiledelta.serve.http import error_response, tile_response
 from tiledelta.stores import TileHit, open_project_store
+from tiledelta.stores.base import confined
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,26 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_AGE = 3600
 #: Largest tile row/column accepted when the scheme has no extent (ArcGIS uses int32).
 MAX_INDEX = 2**31 - 1
+
+
+def background_tile(project: Project, fmt: str, quality: int = 75) -> bytes:
+    """A tile of the style's background colour (transparent when it has none), encoded
+    in the cache's format, drawn without Mapnik (``serve`` runs where Mapnik is not)."""
+    size = (project.scheme.tile_width, project.scheme.tile_height)
+    color: tuple[int, ...] = (0, 0, 0, 0)
+    try:
+        text = ET.parse(project.style.path).getroot().get("background-color")
+        if text:
+            got = ImageColor.getcolor(text.strip(), "RGBA")
+            color = got if isinstance(got, tuple) else (got, got, got, 255)
+    except (ET.ParseError, OSError, ValueError):
+        pass
+    out = io.BytesIO()
+    if fmt == "jpeg" or (fmt == "mixed" and color[3] == 255):
+        Image.new("RGB", size, color[:3]).save(out, "JPEG", quality=quality)
+    else:
+        Image.new("RGBA", size, color).save(out, "PNG", optimize=True)
+    return out.getvalue()
 
 
 def service_name(project: Project) -> str:
@@ -86,6 +111,8 @@ class TileService:
         if not path.exists():
             raise CacheError(f"{path}: no cache yet; run 'tiledelta seed --project {project.root}'")
         self.store = open_project_store(project, readonly=True)
+        self._extent: Bounds | None = None
+        self._blank: TileHit | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -121,8 +148,41 @@ class TileService:
             log.error("tile %s/%s/%s: %s", level, row, col, exc)
             return error_response(500, "the tile could not be read")
         if hit is None:
+            hit = self.blank_hit(level, row, col)
+        if hit is None:
             return error_response(404, "tile not found")
         return tile_response(request, hit, self.max_age)
+
+    def blank_hit(self, level: int, row: int, col: int) -> TileHit | None:
+        """The background-only tile for an address inside the cache's extent that holds no
+        tile (blank tiles not stored, ``blank_tiles = "skip"``), else None: clients get
+        the picture a render would give there, never a 404, inside the map."""
+        if self._refused(level, row, col):
+            return None  # a file is there but was not read (a symlink out of the cache)
+        if self._extent is None:
+            self._extent = self.data_extent()
+        b, e = tile_bounds(self.scheme, level, row, col), self._extent
+        if not (b.xmin < e.xmax and b.xmax > e.xmin and b.ymin < e.ymax and b.ymax > e.ymin):
+            return None
+        if self._blank is None:
+            self._blank = TileHit(
+                background_tile(self.project, self.fmt.name, self.quality),
+                self.project.cache_path.stat().st_mtime,
+            )
+        return self._blank
+
+    def _refused(self, level: int, row: int, col: int) -> bool:
+        """Whether a file sits where the tile would be that the read-only store refused
+        (its real path is outside the cache): that is not a blank tile."""
+        store: Any = self.store
+        root = getattr(store, "_root", None)
+        if root is None:
+            return False  # MBTiles: one file, no per-tile paths
+        if hasattr(store, "bundle_path"):
+            paths = [store.bundle_path(level, row, col)]
+        else:
+            paths = list(store._candidates(level, row, col))
+        return any(os.path.lexists(p) and confined(root, p) is None for p in paths)
 
     # -- extents
 

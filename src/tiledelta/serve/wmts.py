@@ -195,6 +195,8 @@ class WMTS:
         except CacheError as exc:
             log.error("tile %s/%s/%s: %s", level, r, c, exc)
             return ows_error(500, "NoApplicableCode", "the tile could not be read")
+        if hit is None:  # background only inside the cache's extent: the blank tile
+            hit = svc.blank_hit(level, r, c)
         if hit is None:
             return ows_error(404, "TileOutOfRange", "tile not found", "TILEROW")
         return tile_response(request, hit, svc.max_age)

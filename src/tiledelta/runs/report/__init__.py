@@ -24,10 +24,11 @@ from tiledelta.runs.report.find import (
     read_json,
 )
 from tiledelta.runs.report.html import render_html
-from tiledelta.runs.report.text import report_text, summary_text
+from tiledelta.runs.report.text import counts_line, report_text, summary_text
 from tiledelta.runs.report.write import try_write_report, write_report
 
 __all__ = [
+    "counts_line",
     "CHANGEMAP_FILE",
     "COLOR_NEW",
     "COLOR_OLD",

@@ -224,7 +224,8 @@ def render_changemap(
         summary = read_json(folder / "summary.json") or {}
     changes = read_changes(project, folder)
     tiles = tiles_per_level(read_json(folder / "tiles.json"))
-    if layers is None:
+    if layers is None or any(w is None for d in layers.values() for w in d.wkb):
+        # The Dask engine's layers hold no geometry (docs/dask.md): read them here.
         layers = read_layers(project)
     info: dict = {"size": list(size), "crs": project.scheme.crs}
     if changes:

@@ -2,8 +2,9 @@
 
 The kind of run is the summary's ``kind`` (:class:`~tiledelta.runs.summary.RunSummary`).
 A local run's tiles are counted as rendered, written, unchanged, blank and removed, in
-that order and in those words (the rendered split into the next three; removed apart).
-Per level, a seed's or a rebuild's numbers are stored tiles, an update's planned tiles.
+that order and in those words: rendered = written + unchanged + blank; removed apart, and
+the blank copies stored apart (:mod:`tiledelta.runs.summary`). Per level, a seed, a
+rebuild and an update give the same counts, at that level.
 A server run (``arcgis``) renders no tile here: it sends server jobs, one per level.
 """
 
@@ -24,10 +25,19 @@ COUNT_WORDS = {
     "tiles_blank": "blank",
     "tiles_removed": "removed",
 }
-#: ``tiles_blank_stored``: background-only tiles stored where there was none.
-BLANK_FILLED = "blank tiles filled in"
-#: The column of tiles a run wrote or removed (``tiles.json``), per level.
-CHANGED_WORDS = "written or removed"
+#: ``tiles_blank_stored``: the shared background-only tile stored at an address.
+BLANK_FILLED = "blank copies stored"
+#: The tiles a run changed in the cache (``tiles.json``): written, blank copies, removed.
+CHANGED_WORDS = "changed in the cache"
+#: Per level: the LevelSummary field and its column heading, in order.
+LEVEL_COLUMNS = (
+    ("rendered", "rendered"),
+    ("written", "written"),
+    ("unchanged", "unchanged"),
+    ("blank", "blank"),
+    ("removed", "removed"),
+    ("blank_stored", BLANK_FILLED),
+)
 SERVER_KINDS = ("arcgis", "arcgis-baseline")
 _KINDS = frozenset(get_args(RunKind))
 
@@ -89,8 +99,17 @@ def count_label(word: str) -> str:
 
 
 def level_words(kind: str) -> str:
-    """What a local run's per-level numbers count."""
+    """What the per-level ``tiles`` of a summary from before per-level counts meant (stored
+    tiles for a seed, planned for an update); newer summaries carry every count per level."""
     return "planned tiles" if kind == "update" else "stored tiles"
+
+
+def level_row(info: Any) -> dict[str, int] | None:
+    """A level's counts by :data:`LEVEL_COLUMNS` field, or None for a summary from before
+    per-level counts (only ``tiles``)."""
+    if info is None or info.rendered is None:
+        return None
+    return {f: int(getattr(info, f) or 0) for f, _word in LEVEL_COLUMNS}
 
 
 def server_jobs(s: RunSummary) -> str:

@@ -6,9 +6,11 @@ from html import escape
 
 from tiledelta.runs.report.facts import (
     CHANGED_WORDS,
+    LEVEL_COLUMNS,
     SERVER_KINDS,
     count_label,
     level_order,
+    level_row,
     level_words,
     parse_summary,
     rebuild_reason,
@@ -164,22 +166,34 @@ def _changes(s: RunSummary, *, finished: bool) -> list[str]:
 
 
 def _tile_levels(s: RunSummary, tiles: dict[str, list]) -> list[str]:
-    """Per level: the stored (seed, rebuild) or planned (update) tiles, and those changed."""
+    """Per level: the run's counts (the same columns for a seed, a rebuild and an update),
+    and the tiles it changed in the cache."""
     if not s.levels and not tiles:
         return []
+    rows = {lv: level_row(s.levels.get(lv)) for lv in level_order(set(s.levels) | set(tiles))}
+    columns = (
+        [(f, w) for f, w in LEVEL_COLUMNS if f != "blank_stored" or s.tiles_blank_stored]
+        if any(r is not None for r in rows.values())
+        else []
+    )
+    head = "".join(f'<th class="n">{_e(w)}</th>' for _f, w in columns) or (
+        f'<th class="n">{_e(level_words(s.kind))}</th>'
+    )
     out = [
         "<h2>Tiles per level</h2><table><tr><th>level</th>"
-        + f'<th class="n">{_e(level_words(s.kind))}</th>'
+        + head
         + (f'<th class="n">{_e(CHANGED_WORDS)}</th>' if tiles else "")
         + "</tr>"
     ]
-    for lv in level_order(set(s.levels) | set(tiles)):
+    for lv, row in rows.items():
         info = s.levels.get(lv)
-        n = info.tiles if info is not None and info.tiles is not None else 0
+        if columns:
+            cells = "".join(f'<td class="n">{_n((row or {}).get(f, 0))}</td>' for f, _w in columns)
+        else:
+            n = info.tiles if info is not None and info.tiles is not None else 0
+            cells = f'<td class="n">{_n(n)}</td>'
         extra = f'<td class="n">{_n(len(tiles.get(lv, [])))}</td>' if tiles else ""
-        out.append(
-            f'<tr data-level="{_e(lv)}"><td>{_e(lv)}</td><td class="n">{_n(n)}</td>{extra}</tr>'
-        )
+        out.append(f'<tr data-level="{_e(lv)}"><td>{_e(lv)}</td>{cells}{extra}</tr>')
     out.append("</table>")
     return out
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiledelta.runs.report.facts import (
+    BLANK_FILLED,
     CHANGED_WORDS,
+    LEVEL_COLUMNS,
     SERVER_KINDS,
     level_order,
+    level_row,
     level_words,
     parse_summary,
     rebuild_reason,
@@ -18,6 +21,26 @@ from tiledelta.runs.report.facts import (
 )
 from tiledelta.runs.report.find import CHANGEMAP_FILE, REPORT_FILE, read_json, tiles_per_level
 from tiledelta.runs.summary import RunSummary
+
+
+def counts_line(summary: dict) -> str:
+    """A local run's tile counts in one phrase, in the words of every reader:
+    "1,349 tiles rendered: 190 written, 328 unchanged, 831 blank; 44 removed"
+    (rendered = written + unchanged + blank; removed and blank copies stored apart)."""
+    s = parse_summary(summary)
+    if s is None:
+        return ""
+    counts = dict(tile_counts(s))
+    if not counts:
+        return ""
+    text = (
+        f"{counts['rendered']:,} tiles rendered: {counts['written']:,} written, "
+        f"{counts['unchanged']:,} unchanged, {counts['blank']:,} blank; "
+        f"{counts['removed']:,} removed"
+    )
+    if s.tiles_blank_stored:
+        text += f", {s.tiles_blank_stored:,} {BLANK_FILLED}"
+    return text
 
 
 def report_text(folder: Path) -> str:
@@ -86,12 +109,21 @@ def _details(s: RunSummary, tiles: dict[str, list], *, finished: bool) -> list[s
             parts = [f"{lv}: {job}" for lv, _scale, job in rows]
             lines.append("  server jobs per level: " + ", ".join(parts))
     elif s.levels:
+        per_level = {lv: level_row(s.levels[lv]) for lv in level_order(s.levels)}
+        columns = [f for f, _w in LEVEL_COLUMNS if f != "blank_stored" or s.tiles_blank_stored]
         parts = []
-        for lv in level_order(s.levels):
-            n = s.levels[lv].tiles or 0
+        for lv, row in per_level.items():
+            if row is not None:
+                figures = "/".join(f"{row[f]:,}" for f in columns)
+            else:
+                figures = f"{s.levels[lv].tiles or 0:,}"
             changed = f" ({len(tiles[lv]):,} {CHANGED_WORDS})" if lv in tiles else ""
-            parts.append(f"{lv}: {n:,}{changed}")
-        lines.append(f"  {level_words(s.kind)} per level: " + ", ".join(parts))
+            parts.append(f"{lv}: {figures}{changed}")
+        if any(r is not None for r in per_level.values()):
+            words = " / ".join(w for f, w in LEVEL_COLUMNS if f in columns)
+            lines.append(f"  per level ({words}): " + ", ".join(parts))
+        else:
+            lines.append(f"  {level_words(s.kind)} per level: " + ", ".join(parts))
     if s.stages:
         lines.append("  stages: " + ", ".join(f"{k} {float(v):.2f} s" for k, v in s.stages.items()))
     return lines

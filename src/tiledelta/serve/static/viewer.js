@@ -62,8 +62,9 @@
         "<h4>" + esc(run) + "</h4>" +
         '<div><i class="sw-new"></i>new or modified feature (now)</div>' +
         '<div><i class="sw-old"></i>deleted or modified feature (old box)</div>' +
-        (withTiles ? '<div><i class="sw-tile"></i>re-rendered tile at this level</div>' : "") +
-        '<p id="counts"></p>';
+        (withTiles ? '<div><i class="sw-tile"></i>tile changed in the cache at this level (written, blank copy stored or removed)</div>' : "") +
+        '<p id="counts"></p>' +
+        '<p id="run-counts">' + esc(runCounts(state.summary)) + "</p>";
       if (nChanges) {
         var b = L.DomUtil.create("button", "", div);
         b.type = "button";
@@ -179,7 +180,27 @@
     return s;
   }
 
+  // The run's tile counts in the words of the CLI, the report and --json
+  // (rendered = written + unchanged + blank; removed and blank copies stored apart).
+  var COUNT_WORDS = [
+    ["tiles_rendered", "rendered"],
+    ["tiles_written", "written"],
+    ["tiles_unchanged", "unchanged"],
+    ["tiles_blank", "blank"],
+    ["tiles_removed", "removed"],
+    ["tiles_blank_stored", "blank copies stored"],
+  ];
+  function runCounts(summary) {
+    if (!summary || summary.missing || summary.tiles_rendered == null) return "";
+    return "Tiles: " + COUNT_WORDS.filter(function (cw) {
+      return cw[0] !== "tiles_blank_stored" || summary[cw[0]];
+    }).map(function (cw) {
+      return Number(summary[cw[0]] || 0).toLocaleString("en-US") + " " + cw[1];
+    }).join(", ");
+  }
+
   function start(svc, changes, tiles, summary, before) {
+    state.summary = summary;
     document.title = svc.name + " \u2013 tiledelta";
     document.getElementById("name").textContent = svc.name;
     var levels = svc.levels.slice().sort(function (a, b) { return a - b; });
@@ -258,7 +279,7 @@
     var perLevel = (svc.web_mercator && tiles.levels) || {};
     var total = 0;
     Object.keys(perLevel).forEach(function (k) { total += perLevel[k].length; });
-    if (svc.web_mercator) overlays["Re-rendered tiles"] = state.tileOutlines;
+    if (svc.web_mercator) overlays["Changed tiles"] = state.tileOutlines;
 
     function drawTiles() {
       var z = map.getZoom();
@@ -285,7 +306,7 @@
         nNew + " new geometr" + (nNew === 1 ? "y" : "ies") + ", " + nOld + " old box" +
         (nOld === 1 ? "" : "es") +
         (svc.web_mercator
-          ? "; " + list.length + " of " + total + " re-rendered tiles are at level " + z + "."
+          ? "; " + list.length + " of " + total + " tiles changed in the cache are at level " + z + "."
           : ".");
     }
 
