@@ -30,6 +30,11 @@ CORE_FILES = frozenset(
         "test_core_without_mapnik.py",
         "test_supertiles.py",
         "test_windows_safe.py",
+        "test_signin.py",
+        "test_jobs.py",
+        "test_uploads.py",
+        "test_pro_maps.py",
+        "test_plan_cli.py",
     }
 )
 NO_MAPNIK_REASON = "needs Mapnik; this is the no-Mapnik CI venv (TILEDELTA_CORE_VENV=1)"

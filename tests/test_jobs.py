@@ -129,6 +129,7 @@ def test_an_admin_post_refused_for_its_token_is_retried_with_the_token_in_the_bo
     assert PASSWORD not in repr([r.params for r in emu.requests])
 
 
+@pytest.mark.needs_mapnik  # seeds the local cache first
 def test_a_server_update_ends_with_the_job_state_line_and_falls_back_to_caching_tools(
     tmp_path: Path,
 ) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import shapely
 
 from tiledelta import sample
@@ -21,6 +22,7 @@ def cli(*args: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.needs_mapnik  # seeds the local cache first
 def test_status_plan_and_aoi_match_what_update_does(sample_project: Path, tmp_path: Path) -> None:
     seed(load_project(sample_project))
     status = cli("status", "--project", str(sample_project), "--json")

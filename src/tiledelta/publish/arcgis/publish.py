@@ -311,10 +311,14 @@ def stage_with_arcpy(project: Project, say: Callable[[str], None]) -> tuple[Path
         sign_in_with_arcpy(arcpy, project, say)
         draft = the_map.getWebLayerSharingDraft("FEDERATED_SERVER", "MAP_IMAGE", name)
         draft.federatedServerUrl = cfg.server
-        cache = getattr(draft, "cache", None)
-        if cache is not None and hasattr(cache, "useExistingCache"):
-            cache.useExistingCache = True
         target = cfg.server
+    # Recent Pro releases read cache.useExistingCache only when the draft's cache is
+    # enabled; older drafts have neither, and the draft edit below keeps the cache anyway.
+    if hasattr(draft, "enableCache"):
+        draft.enableCache = True
+    cache = getattr(draft, "cache", None)
+    if cache is not None and hasattr(cache, "useExistingCache"):
+        cache.useExistingCache = True
     draft.overwriteExistingService = True
     if folder:
         draft.serverFolder = folder
