@@ -34,6 +34,7 @@ from pyogrio.raw import write
 
 from tiledelta.api import load_project
 from tiledelta.change import detect_changes
+from tiledelta.config import LayerConfig
 from tiledelta.errors import StyleError
 from tiledelta.plan import visible_levels
 from tiledelta.sources import read_layers
@@ -103,17 +104,12 @@ def write_parcels(gdb: Path, zone: list[str] | None = None, owner=None, notes=No
     )
 
 
-def write_utilities(gdb: Path) -> None:
+def write_utilities(gdb: Path, notes: list[str] | None = None, main_y: float = 450) -> None:
+    """Hydrants (drawn from 1:30,000 in, by their group) and Water Mains (turned off)."""
     pts = [shapely.Point(X0 + 450 + 500 * i, Y0 + 450) for i in range(3)]
-    _write(
-        gdb,
-        "Hydrants",
-        pts,
-        {"HYD_ID": [1, 2, 3], "NOTES": ["a", "b", "c"]},
-        "Point",
-        "OpenFileGDB",
-    )
-    mains = [shapely.LineString([(X0, Y0 + 450), (X0 + 2000, Y0 + 450)])]
+    hyd = {"HYD_ID": [1, 2, 3], "NOTES": notes or ["a", "b", "c"]}
+    _write(gdb, "Hydrants", pts, hyd, "Point", "OpenFileGDB")
+    mains = [shapely.LineString([(X0, Y0 + main_y), (X0 + 2000, Y0 + main_y)])]
     _write(gdb, "WaterMains", mains, {"DIAMETER": [8]}, "LineString", "OpenFileGDB")
 
 
@@ -134,7 +130,9 @@ def write_address_points(folder: Path, status: list[str] | None = None, address=
     )
 
 
-def write_sde_copy(gdb: Path, speed: list[int] | None = None, name=None, notes=None) -> None:
+def write_sde_copy(
+    gdb: Path, speed: list[int] | None = None, name=None, notes=None, bldg_type=None
+) -> None:
     """The FileGDB copies of the two enterprise layers (Roads, Buildings)."""
     roads = [
         shapely.LineString([(X0 - 300, Y0 + 450 + 500 * i), (X0 + 2300, Y0 + 450 + 500 * i)])
@@ -157,7 +155,7 @@ def write_sde_copy(gdb: Path, speed: list[int] | None = None, name=None, notes=N
         gdb,
         "Buildings",
         blds,
-        {"BLDG_TYPE": ["house"] * 4, "NOTES": ["q"] * 4},
+        {"BLDG_TYPE": bldg_type or ["house"] * 4, "NOTES": ["q"] * 4},
         "Polygon",
         "OpenFileGDB",
     )
@@ -912,8 +910,8 @@ def test_server_aois_follow_the_fields_the_map_draws(served) -> None:
     shp = "Data/Shapefiles/AddressPoints.shp"
     # edits to fields the map neither draws nor labels: no job at all
     write_parcels(gdb, notes=[f"edited {i}" for i in range(12)])
-    write_utilities(gdb)
-    write_sde_copy(copy, notes=["x1", "y1", "z1"])
+    write_utilities(gdb, notes=["a1", "b1", "c1"], main_y=900)  # Water Mains is off: moved
+    write_sde_copy(copy, notes=["x1", "y1", "z1"], bldg_type=["shed"] * 4)  # simple: undrawn
     write_address_points(county / "Data" / "Shapefiles", notes=[f"e{i}" for i in range(8)])
     jobs = run_server_update(county, emu, "Data/County.gdb", "exports/sde_copy.gdb", shp)
     assert jobs == []
@@ -939,7 +937,7 @@ def test_server_aois_follow_the_fields_the_map_draws(served) -> None:
     assert_covers(county, jobs, "Parcels", parcel_boxes()[10], [15, 16], within=[14, 15, 16])
 
     # Roads (the SDE layer, read from its copy): SPEED (class breaks) at every level
-    write_sde_copy(copy, speed=[25, 55, 45], notes=["x1", "y1", "z1"])
+    write_sde_copy(copy, speed=[25, 55, 45], notes=["x1", "y1", "z1"], bldg_type=["shed"] * 4)
     jobs = run_server_update(county, emu, "exports/sde_copy.gdb")
     road = shapely.LineString([(X0 - 300, Y0 + 950), (X0 + 2300, Y0 + 950)])
     assert_covers(county, jobs, "Roads", road, [13, 14, 15, 16])
@@ -972,3 +970,72 @@ def test_utf16_members_and_feature_dataset_connections(tmp_path: Path) -> None:
     assert parcels.fields == {"OWNER", "ZONE"} and parcels.scales.largest == 50000
     bld = pro.layers.feature[3].source
     assert bld is not None and bld.factory == "SDE" and bld.dataset == "County.GIS.Buildings"
+
+
+def test_a_query_layer_is_an_enterprise_source(tmp_path: Path) -> None:
+    """A query layer (``CIMSqlQueryDataConnection`` on SQL Server) needs a mapping like
+    any enterprise layer, and its SQL and connection stay out of the message."""
+    members = county_members()
+    members["map/buildings.xml"] = members["map/buildings.xml"].replace(
+        connection(SDE_CONN, "SDE", "County.GIS.Buildings"),
+        '<DataConnection xsi:type="typens:CIMSqlQueryDataConnection">'
+        f"<WorkspaceConnectionString>{escape(SDE_CONN)}</WorkspaceConnectionString>"
+        "<WorkspaceFactory>SDE</WorkspaceFactory><Dataset>County.%BuildingsQuery</Dataset>"
+        "<DatasetType>esriDTFeatureClass</DatasetType>"
+        "<SqlQuery>select * from County.GIS.Buildings where SECRET_COL = 1</SqlQuery>"
+        "<SrID>3857</SrID><GeometryType>esriGeometryPolygon</GeometryType>"
+        "<OIDFields>OBJECTID</OIDFields></DataConnection>",
+    )
+    path = write_county_aprx(tmp_path / "County.aprx", members)
+    with pytest.raises(StyleError) as exc:
+        load_pro_map(path)
+    msg = str(exc.value)
+    assert "'Buildings'" in msg and "enterprise geodatabase" in msg
+    assert '[layers."Buildings"] source = ' in msg
+    assert "SECRET_COL" not in msg and "gisviewer" not in msg
+
+
+def test_an_archive_zipfile_cannot_decompress_is_one_line(county: Path, tmp_path: Path) -> None:
+    """A member compressed with a method Python's zipfile lacks (Deflate64, method 9)."""
+    stored = tmp_path / "stored.aprx"
+    with zipfile.ZipFile(county / "County.aprx") as src, zipfile.ZipFile(stored, "w") as zf:
+        for info in src.infolist():
+            zf.writestr(info.filename, src.read(info))
+    raw = bytearray(stored.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = raw.find(sig)
+        while at != -1:
+            raw[at + off : at + off + 2] = (9).to_bytes(2, "little")
+            at = raw.find(sig, at + 4)
+    bad = tmp_path / "County.aprx"
+    bad.write_bytes(bytes(raw))
+    out = cli("map-info", str(bad))
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "cannot read" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_absolute_paths_of_the_office_are_found_in_the_copied_tree(county: Path) -> None:
+    """Saved with absolute paths on K:, copied here with its folder tree: the data is
+    found beside the map; a path with no such tail is still the missing-data line."""
+    members = county_members()
+    members["map/parcels.xml"] = members["map/parcels.xml"].replace(
+        r"DATABASE=.\Data\County.gdb", r"DATABASE=K:\webmaps\Basemap\Data\County.gdb"
+    )
+    members["map/address_points.xml"] = members["map/address_points.xml"].replace(
+        r"DATABASE=.\Data\Shapefiles", r"DATABASE=\\gisfs01\gis\Basemap\data\shapefiles"
+    )
+    write_county_aprx(county / "County.aprx", members)
+    cfgs = {k: LayerConfig(source=v) for k, v in (m.split("=", 1) for m in MAPPINGS)}
+    style = load_pro_map(county / "County.aprx", layers=cfgs, project_root=county)
+    assert style.layer("Parcels").path == str((county / "Data" / "County.gdb").resolve())
+    shp = county / "Data" / "Shapefiles" / "AddressPoints.shp"
+    assert Path(style.layer("Address Points").path) == shp.resolve()
+
+    members["map/parcels.xml"] = members["map/parcels.xml"].replace(
+        r"K:\webmaps\Basemap\Data\County.gdb", r"K:\webmaps\Other\Parcels2019.gdb"
+    )
+    write_county_aprx(county / "County.aprx", members)
+    with pytest.raises(StyleError) as exc:
+        load_pro_map(county / "County.aprx", layers=cfgs, project_root=county)
+    assert "'Parcels'" in str(exc.value) and "K:/webmaps/Other/Parcels2019.gdb" in str(exc.value)

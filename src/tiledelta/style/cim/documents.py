@@ -169,6 +169,12 @@ def _open_aprx(path: Path) -> MapDocument:
                     f"{path}: the project archive is damaged ({name}: {exc}); restore it or "
                     "save it again from ArcGIS Pro"
                 ) from None
+            except NotImplementedError as exc:  # e.g. Deflate64, which zipfile cannot read
+                raise StyleError(
+                    f"{path}: {name} in the project archive is compressed in a way Python's "
+                    f"zipfile cannot read ({exc}); save the project again from ArcGIS Pro, "
+                    "or export the map as .mapx"
+                ) from None
             if not _looks_cim(raw):
                 continue
             if name.lower().endswith(".xml"):
@@ -187,11 +193,12 @@ def _open_aprx(path: Path) -> MapDocument:
 
 
 def _looks_cim(raw: bytes) -> bool:
-    """Whether a member is a CIM document (UTF-8, with or without a BOM, or UTF-16)."""
+    """Whether a member is a CIM document (UTF-8, with or without a BOM, or UTF-16): a CIM
+    root element or type; item metadata (``Metadata/*.xml``) and the like are not."""
     head = raw[:4096]
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         head = head.decode("utf-16", errors="ignore").encode("utf-8")
-    return b"CIM" in head
+    return b"<CIM" in head or b'"CIM' in head or b"typens:CIM" in head
 
 
 def _project_maps(docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -357,6 +357,8 @@ def data_source(dc: Any, notes: list[str], shown: str) -> DataSource | None:
     if t == "CIMRelQueryTableDataConnection":
         notes.append(f"layer {shown!r}: a join; only its source table is read")
         return data_source(dc.get("sourceTable"), notes, shown)
+    if t == "CIMSqlQueryDataConnection":  # a query layer: SQL on an enterprise database
+        return DataSource("SDE", "", str(dc.get("dataset") or dc.get("queryName") or ""))
     if t not in ("CIMStandardDataConnection", "CIMFeatureDatasetDataConnection"):
         return DataSource(str(t).removeprefix("CIM") or "unknown", "", str(dc.get("dataset", "")))
     conn = _connection(str(dc.get("workspaceConnectionString") or ""))
@@ -378,9 +380,23 @@ def workspace_path(workspace: str, base: Path) -> Path:
     normalised, relative paths against the map's folder."""
     win = PureWindowsPath(workspace)
     if win.drive or workspace.startswith(("\\\\", "//")):  # C:\..., C:rel, \\server\share
-        return Path(workspace) if os.name == "nt" else Path(win.as_posix())
+        path = Path(workspace) if os.name == "nt" else Path(win.as_posix())
+        return path if path.exists() else _moved(win, base) or path
     parts = [p for p in win.parts if p not in ("", ".")]
     return existing_path((base.joinpath(*parts)).resolve() if parts else base.resolve())
+
+
+def _moved(win: PureWindowsPath, base: Path) -> Path | None:
+    """An absolute path of the machine the map was saved on, found in the copy of its
+    folder tree beside the map: ``K:\\webmaps\\Basemap\\Data\\County.gdb`` with the map in
+    ``/copy/Basemap`` is ``/copy/Basemap/Data/County.gdb`` (the longest tail that exists,
+    as Pro repairs a moved project's paths relative to it)."""
+    parts = [p for p in win.parts[1:] if p not in ("", ".")]
+    for i in range(len(parts)):
+        found = existing_path(base.resolve().joinpath(*parts[i:]))
+        if found.exists():
+            return found
+    return None
 
 
 def existing_path(path: Path) -> Path:
