@@ -202,9 +202,9 @@ def minidom_rewrite(data: bytes) -> bytes:
 def pretty_crlf_bom(data: bytes) -> bytes:
     """Pretty-printed with CRLF line ends, a comment, CDATA and a UTF-8 byte-order mark."""
     doc = xml.dom.minidom.parseString(data.replace(b"DESC", b"<![CDATA[Roads <b>&</b>]]>"))
-    doc.documentElement.insertBefore(
-        doc.createComment(" edited by hand "), doc.documentElement.firstChild
-    )
+    top = doc.documentElement
+    assert top is not None
+    top.insertBefore(doc.createComment(" edited by hand "), top.firstChild)
     return b"\xef\xbb\xbf" + doc.toprettyxml(indent="  ", newl="\r\n", encoding="utf-8")
 
 
@@ -268,7 +268,7 @@ def config(root: etree._Element) -> dict[str, str]:
 
 
 _VALUE = r"(<Key>{key}</Key>\s*<Value\b[^>]*?)(?:\s*/>|>[^<]*</Value>)"
-_PSP = r"\s*<PropertySetProperty\b[^>]*>\s*<Key>{key}</Key>.*?</PropertySetProperty>"
+_PSP = r"<PropertySetProperty\b[^>]*>\s*<Key>{key}</Key>.*?</PropertySetProperty>"
 _SCHEMA = r"<CacheSchema\b[^>]*/>|<CacheSchema\b.*?</CacheSchema>"
 
 
@@ -280,14 +280,18 @@ def normalise(text: str, original: str) -> str:
     conf = re.search(r"<ConfigurationProperties\b.*?</ConfigurationProperties>", text, re.S)
     assert conf is not None
     block = conf.group(0)
+    first = re.search(r"<PropertyArray\b[^>]*>(\s*)<PropertySetProperty", decode_conf(original))
+    indent = re.escape(first.group(1)) if first else ""
     for key in ("isCached", "cacheOnDemand"):
         if f"<Key>{key}</Key>" not in decode_conf(original):
-            block = re.sub(_PSP.format(key=key), "", block, flags=re.S)
+            block = re.sub(indent + _PSP.format(key=key), "", block, flags=re.S)
         block = re.sub(_VALUE.format(key=key), r"\1>@</Value>", block, flags=re.S)
     block = re.sub(r"(<PropertyArray\b[^>]*?)\s*/>", r"\1></PropertyArray>", block)
     text = text[: conf.start()] + block + text[conf.end() :]
     if "<KeepExistingMapCache" not in original:
-        text = re.sub(r"\s*<KeepExistingMapCache>true</KeepExistingMapCache>", "", text)
+        ws = re.search(r"(\s*)<KeepExistingData>", original)
+        lead = re.escape(ws.group(1)) if ws else ""
+        text = re.sub(lead + "<KeepExistingMapCache>true</KeepExistingMapCache>", "", text)
     text = re.sub(r"(<KeepExistingMapCache>)[^<]*(</KeepExistingMapCache>)", r"\1@\2", text)
     if "<CacheSchema" in original:
         text = re.sub(_SCHEMA, "<CacheSchema/>", text, flags=re.S)
@@ -460,3 +464,17 @@ def test_stage_service_accepts_the_edited_draft(arcpy, tmp_path: Path, name: str
     assert config(manifest)["isCached"] == "true"
     assert manifest.find("CacheSchema/TileCacheInfo") is not None
     assert "p30/County.mapx" in names
+
+
+def test_a_draft_that_never_declared_xs_gets_it_only_where_needed() -> None:
+    no_xs = PRO_3X_COPY.replace(f" xmlns:xs='{XS}'".encode(), b"").replace(
+        b"xsi:type='xs:string'", b"xsi:type='typens:String'"
+    )
+    assert b"xmlns:xs=" not in no_xs
+    out, changes = edit_for_cached_overwrite(no_xs)
+    assert "added cacheOnDemand = false" in changes
+    root = etree.fromstring(out)
+    assert "xs" not in root.nsmap and config(root)["cacheOnDemand"] == "false"
+    value = config_array(root).xpath("PropertySetProperty[Key='cacheOnDemand']/Value")[0]
+    assert value.nsmap["xs"] == XS and value.get(f"{{{XSI}}}type") == "xs:string"
+    assert root_declarations(decode(out)) == root_declarations(decode(no_xs))

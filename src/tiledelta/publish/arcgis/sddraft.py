@@ -290,8 +290,6 @@ def edit_for_cached_overwrite(
     array = props_node.child("PropertyArray")
     if array is None:
         raise SDDraftError("no <ConfigurationProperties><PropertyArray> in the draft")
-    xsi = _prefix(root, XSI, "XMLSchema-instance")
-    xs = _prefix(root, XS, "XMLSchema")
     props: dict[str, Node] = {}
     for prop in array.children:
         key_node = prop.child("Key")
@@ -308,13 +306,18 @@ def edit_for_cached_overwrite(
             raise SDDraftError(f"the configuration property {key} has no <Value>")
         edits.append(_set_text(src, val, value, f"{key} = {value}"))
     if missing:
+        xsi = _prefix(root, XSI, "XMLSchema-instance")
+        xs = next((p for p, u in array.ns.items() if u == XS and p), None)
+        xs_decl = ""
+        if xs is None:  # never used so far in this draft: declare it on the new values
+            xs, xs_decl = "xs", f" xmlns:xs={q}{XS}{q}"
         sample = array.children[0] if array.children else None
         typ = sample.attrs.get(f"{xsi}:type") if sample is not None else None
         ptype = typ or f"{_typens(root)}:PropertySetProperty"
         inner_sep, outer_sep = _separators(src, array, sample)
         text = "".join(
             f"{outer_sep}<PropertySetProperty {xsi}:type={q}{ptype}{q}>{inner_sep}"
-            f"<Key>{k}</Key>{inner_sep}<Value {xsi}:type={q}{xs}:string{q}>{v}</Value>"
+            f"<Key>{k}</Key>{inner_sep}<Value{xs_decl} {xsi}:type={q}{xs}:string{q}>{v}</Value>"
             f"{outer_sep}</PropertySetProperty>"
             for k, v in missing
         )
