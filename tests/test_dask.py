@@ -435,3 +435,117 @@ def test_bad_scheduler_address_is_one_line(sample_project):
         "like tcp://host:8786"
     ]
     assert not (sample_project / "cache").exists()
+
+
+# --- client memory: the chunked multiset diff and the streamed merge ------------------
+
+
+def _reference_multiset(ofp: np.ndarray, nfp: np.ndarray) -> tuple[int, int, set, set]:
+    """Added, deleted and the changed old/new positions, from Python's Counter (an
+    oracle that shares nothing with the numpy diff)."""
+    from collections import Counter
+
+    oc, nc = Counter(ofp.tolist()), Counter(nfp.tolist())
+    changed = {v for v in oc.keys() | nc.keys() if oc[v] != nc[v]}
+    added = sum(max(nc[v] - oc[v], 0) for v in changed)
+    deleted = sum(max(oc[v] - nc[v], 0) for v in changed)
+    gone = {i for i, v in enumerate(ofp.tolist()) if v in changed}
+    came = {i for i, v in enumerate(nfp.tolist()) if v in changed}
+    return added, deleted, gone, came
+
+
+@pytest.mark.parametrize("edit", ["adds", "deletes", "modifies", "moves", "reorders", "dups"])
+def test_chunked_multiset_diff_matches_counter_oracle(monkeypatch, edit):
+    """The multiset diff (no key) in chunks of 7 rows gives what a Counter says, and the
+    same LayerChange as in one chunk: counts, boxes, new_idx, reordered, moved boxes."""
+    from tiledelta.change import diff
+    from tiledelta.change.snapshot import LayerSnapshot
+    from tiledelta.sources import LayerData
+
+    rng = np.random.default_rng(len(edit))
+    n = 300
+    ofp = rng.integers(0, 2**63, n, dtype=np.uint64)
+    ofp[::10] = ofp[0]  # duplicate fingerprints (identical features) on both sides
+    obox = rng.random((n, 4))
+    nfp, nbox = ofp.copy(), obox.copy()
+    if edit == "adds":
+        nfp = np.concatenate([nfp, rng.integers(0, 2**63, 25, dtype=np.uint64), ofp[:3]])
+        nbox = np.concatenate([nbox, rng.random((28, 4))])
+    elif edit == "deletes":
+        keep = np.ones(n, bool)
+        keep[rng.choice(n, 40, replace=False)] = False
+        keep[10] = False  # one copy of the duplicated fingerprint
+        nfp, nbox = nfp[keep], nbox[keep]
+    elif edit in ("modifies", "moves"):
+        at = rng.choice(n, 30, replace=False)
+        nfp[at] = rng.integers(0, 2**63, 30, dtype=np.uint64)
+        if edit == "moves":
+            nbox[at] += 5.0
+    elif edit == "reorders":
+        nfp[[5, 250]], nbox[[5, 250]] = nfp[[250, 5]], nbox[[250, 5]]
+        nfp[17] = 12345
+    else:  # dups: more and fewer copies of repeated values
+        nfp = np.concatenate([nfp[nfp != ofp[0]][:-5], np.repeat(ofp[0], 40)])
+        nbox = rng.random((len(nfp), 4))
+    old = LayerSnapshot(keys=np.arange(n), fingerprints=ofp, bounds=obox)
+    new = LayerData(
+        name="l",
+        keys=np.arange(len(nfp)),
+        wkb=np.empty(len(nfp), dtype=object),
+        bounds=nbox,
+        attrs={},
+        fingerprints=nfp,
+    )
+    whole = diff.diff_layer(old, new, keyed=False)
+    monkeypatch.setattr(diff, "CHUNK", 7)
+    small = diff.diff_layer(old, new, keyed=False)
+    added, deleted, gone, came = _reference_multiset(ofp, nfp)
+    assert (small.added, small.deleted, small.modified) == (added, deleted, 0)
+    assert set(small.new_idx.tolist()) == came
+    assert sorted(map(tuple, small.old_boxes.tolist())) == sorted(tuple(obox[i]) for i in gone)
+    for a, b in ((whole, small),):
+        assert (a.added, a.deleted, a.reordered) == (b.added, b.deleted, b.reordered)
+        for f in ("old_boxes", "new_boxes", "new_idx", "moved_boxes"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    if edit == "reorders":
+        assert small.reordered > 0
+    if edit != "reorders" and edit != "dups":
+        assert small.changed
+
+
+def test_piece_merger_equals_concatenation():
+    """Pieces merged one by one equal their concatenation; keys equal to the feature ids
+    share their array, other keys are kept as they came."""
+    from tiledelta.sources.chunked import LayerPiece, PieceMerger
+    from tiledelta.style import LayerSource
+
+    src = LayerSource(name="l", kind="ogr", path="x.gpkg")
+
+    def piece(lo: int, hi: int, keys: np.ndarray | None = None) -> LayerPiece:
+        fids = np.arange(lo, hi, dtype=np.int64)
+        return LayerPiece(
+            fids=fids,
+            keys=fids.copy() if keys is None else keys,
+            bounds=np.full((hi - lo, 4), float(lo)),
+            fingerprints=fids.astype(np.uint64) * 3,
+            null_keys=np.zeros(0, dtype=np.int64),
+            keyed=keys is not None,
+        )
+
+    for pieces in (
+        [piece(1, 4), piece(4, 4), piece(4, 9)],
+        [
+            piece(1, 4, np.array(["a", "b", "c"], dtype=object)),
+            piece(4, 6, np.array(["d", "e"], dtype=object)),
+        ],
+        [piece(1, 3), piece(3, 5, np.array([7, 8]))],
+    ):
+        merger = PieceMerger(src, 5)  # fewer rows than given: it grows
+        for p in pieces:
+            merger.add(p)
+        data, fids = merger.result()
+        assert np.array_equal(fids, np.concatenate([p.fids for p in pieces]))
+        assert list(data.keys) == list(np.concatenate([p.keys for p in pieces]))
+        assert np.array_equal(data.bounds, np.concatenate([p.bounds for p in pieces]))
+        assert np.array_equal(data.fingerprints, np.concatenate([p.fingerprints for p in pieces]))
+        assert len(data) == len(fids) and data.keyed == pieces[0].keyed

@@ -4,6 +4,7 @@ and the old and new boxes whose tiles those changes dirty."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,19 +105,68 @@ def _diff_keyed(old: LayerSnapshot, new: LayerData) -> LayerChange:
     return _with_order(change, old, new, oi[~mod], ni[~mod])
 
 
+#: Rows per step of the multiset diff's passes: its temporaries stay this size, not the
+#: layer's (ten million features would otherwise need gigabytes besides both sides).
+CHUNK = 1 << 20
+
+
+def _surplus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The occurrences in sorted ``a`` beyond the count of their value in sorted ``b``
+    (a value 3 times in ``a`` and once in ``b`` appears twice), sorted."""
+    out = [np.zeros(0, dtype=a.dtype)]
+    for s in range(0, len(a), CHUNK):
+        part = a[s : s + CHUNK]
+        rank = np.arange(s, s + len(part)) - np.searchsorted(a, part, "left")
+        have = np.searchsorted(b, part, "right") - np.searchsorted(b, part, "left")
+        out.append(part[have <= rank])
+    return np.concatenate(out)
+
+
+def _member(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.isin(values, table)`` for a sorted, unique ``table``, a chunk at a time."""
+    out = np.zeros(len(values), dtype=bool)
+    if not len(table):
+        return out
+    for s in range(0, len(values), CHUNK):
+        part = values[s : s + CHUNK]
+        at = np.minimum(np.searchsorted(table, part), len(table) - 1)
+        out[s : s + len(part)] = table[at] == part
+    return out
+
+
+def _same_rest(a: np.ndarray, a_out: np.ndarray, b: np.ndarray, b_out: np.ndarray) -> bool:
+    """``np.array_equal(a[~a_out], b[~b_out])``, compared a chunk at a time."""
+
+    def kept(x: np.ndarray, out: np.ndarray) -> Iterator[np.ndarray]:
+        for s in range(0, len(x), CHUNK):
+            yield x[s : s + CHUNK][~out[s : s + CHUNK]]
+
+    ia, ib = kept(a, a_out), kept(b, b_out)
+    pa: np.ndarray | None = a[:0]
+    pb: np.ndarray | None = b[:0]
+    while True:
+        while pa is not None and not len(pa):
+            pa = next(ia, None)
+        while pb is not None and not len(pb):
+            pb = next(ib, None)
+        if pa is None or pb is None:
+            return pa is None and pb is None
+        n = min(len(pa), len(pb))
+        if not np.array_equal(pa[:n], pb[:n]):
+            return False
+        pa, pb = pa[n:], pb[n:]
+
+
 def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
-    ou, oc = np.unique(old.fingerprints, return_counts=True)
-    nu, nc = np.unique(new.fingerprints, return_counts=True)
-    allfp = np.union1d(ou, nu)
-    ocount = np.zeros(len(allfp), np.int64)
-    ncount = np.zeros(len(allfp), np.int64)
-    ocount[np.searchsorted(allfp, ou)] = oc
-    ncount[np.searchsorted(allfp, nu)] = nc
-    changed = allfp[ocount != ncount]
-    gone = np.isin(old.fingerprints, changed)
-    came = np.isin(new.fingerprints, changed)
-    deleted = int(np.clip(ocount - ncount, 0, None).sum())
-    added = int(np.clip(ncount - ocount, 0, None).sum())
+    ofp, nfp = np.asarray(old.fingerprints), np.asarray(new.fingerprints)
+    so, sn = np.sort(ofp), np.sort(nfp)
+    surplus_old, surplus_new = _surplus(so, sn), _surplus(sn, so)
+    del so, sn
+    # The fingerprints whose count differs between the two sides, sorted and unique.
+    changed = np.union1d(surplus_old, surplus_new)
+    gone = _member(ofp, changed)
+    came = _member(nfp, changed)
+    deleted, added = len(surplus_old), len(surplus_new)
     old_boxes, new_boxes = old.bounds[gone], new.bounds[came]
     change = LayerChange(
         added=added,
@@ -127,9 +177,9 @@ def _diff_multiset(old: LayerSnapshot, new: LayerData) -> LayerChange:
     )
     # What is left on both sides is the same multiset of fingerprints: in the same order
     # (the usual case, one comparison), or paired k-th occurrence to k-th occurrence.
-    rest_old, rest_new = np.flatnonzero(~gone), np.flatnonzero(~came)
-    if np.array_equal(old.fingerprints[rest_old], new.fingerprints[rest_new]):
+    if _same_rest(ofp, gone, nfp, came):
         return change
+    rest_old, rest_new = np.flatnonzero(~gone), np.flatnonzero(~came)
     oi = rest_old[np.argsort(old.fingerprints[rest_old], kind="stable")]
     ni = rest_new[np.argsort(new.fingerprints[rest_new], kind="stable")]
     return _with_order(change, old, new, oi, ni)
