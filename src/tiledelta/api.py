@@ -44,6 +44,7 @@ from tiledelta.stores import open_project_store
 from tiledelta.style import default_style
 from tiledelta.style.cim import describe_map, layer_lines, read_pro_map
 
+_LEVEL_SYNTAX = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
 log = logging.getLogger(__name__)
 
 
@@ -287,6 +288,10 @@ def init_project(
     target = directory / PROJECT_FILE
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; use --force to overwrite it")
+    for part in levels.split(","):  # the syntax now; the scheme checks the range below
+        m = _LEVEL_SYNTAX.fullmatch(part)
+        if not m or (m.group(2) is not None and int(m.group(1)) > int(m.group(2))):
+            raise UsageError(f"--levels {levels}: write a low-high range, e.g. 9-19, 5 or 0-3,7")
     if map_path is not None:
         if style is not None or sources:
             raise ConfigError("give either --map, --style STYLE.xml or --source PATH, not several")
@@ -705,7 +710,10 @@ def make_package(
             "item [arcgis] item_id with a partial one; patch the service with "
             "'tiledelta update --target arcgis --via package' instead"
         )
-    chosen = select_levels(project.scheme, levels) if levels else None
+    try:
+        chosen = select_levels(project.scheme, levels) if levels else None
+    except TileDeltaError as exc:
+        raise UsageError(f"--levels {levels}: {exc}") from None
     result = write_tpkx(project, out, levels=chosen, changed_only=changed_only)
     if upload:
         result["upload"] = upload_package(project, out, say=say)

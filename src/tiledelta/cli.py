@@ -181,8 +181,9 @@ class Main(click.Group):
 
 
 def _fail(prog: str, message: str, kind: str, hint: str | None, code: int, as_json: bool) -> int:
-    """Report an error: one line on stderr, or one JSON object on stdout; return ``code``."""
-    message = one_line(message)
+    """Report an error: one line on stderr, or one JSON object on stdout; return ``code``.
+    Credentials in the message (``password=...``, an SMTP AUTH line) are masked."""
+    message = _SECRET_RE.sub(lambda m: m.group(1) + "***", one_line(message))
     if as_json:
         obj = {"error": message, "kind": kind, "hint": hint, "exit_code": code}
         click.echo(json.dumps(obj))

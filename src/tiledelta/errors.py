@@ -50,7 +50,8 @@ class TileDeltaError(Exception):
         super().__init_subclass__(**kwargs)
         if "kind" not in cls.__dict__:
             name = cls.__name__.removesuffix("Error") or cls.__name__
-            cls.kind = re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+            # MassDelete -> mass-delete, ArcGIS -> arc-gis (an acronym stays one word)
+            cls.kind = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
 
     def __init__(self, *args: object, hint: str | None = None) -> None:
         super().__init__(*args)

@@ -57,7 +57,7 @@ def _update(
     with ctx.stage("detect"):
         changes = detect_changes(project, layers)
         if not allow_mass_delete:
-            check_mass_delete(project, changes)
+            check_mass_delete(project, changes, layers)
     if changes.rebuild:
         outcome = build_full(ctx, layers=layers, engine=engine, scope=scope)
         outcome.kind = "rebuild"

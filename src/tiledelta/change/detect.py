@@ -100,7 +100,8 @@ def detect_changes(
     levels = project.levels
     sig = build_signature(project, levels)
     old = snap.signature
-    ch = Changes(journal=read_journal(project, target))
+    # The snapshot rides along on a rebuild too: check_mass_delete counts against it.
+    ch = Changes(journal=read_journal(project, target), snapshot=snap.layers)
     if target == "local" and not project.cache_path.exists():
         ch.rebuild = f"the cache {project.cache_path} is missing"
         return ch
@@ -207,15 +208,23 @@ def _check_null_geometries(
         )
 
 
-def check_mass_delete(project: Project, changes: Changes) -> None:
+def check_mass_delete(
+    project: Project, changes: Changes, layers: dict[str, LayerData] | None = None
+) -> None:
     """:class:`MassDeleteError` when an update would delete more of a layer than its
     ``max_delete_share`` (``[layers.NAME]``, else ``[update]``) of the last build's
-    features, net of additions (and at least :data:`MASS_DELETE_FLOOR` features)."""
+    features, net of additions (and at least :data:`MASS_DELETE_FLOOR` features).
+
+    A rebuild (a changed style or scheme) diffs no layer: there, with ``layers``, the
+    features read now are counted against the snapshot's."""
     cfg = project.config
-    for name, c in changes.layers.items():
+    lost_by: dict[str, int] = {n: c.deleted - c.added for n, c in changes.layers.items()}
+    for name, old in changes.snapshot.items():
+        if name not in lost_by and layers is not None and name in layers:
+            lost_by[name] = len(old.keys) - len(layers[name])
+    for name, lost in lost_by.items():
         snap = changes.snapshot.get(name)
         before = len(snap.keys) if snap is not None else 0
-        lost = c.deleted - c.added
         layer_cfg = cfg.layers.get(name)
         share = cfg.update.max_delete_share
         if layer_cfg is not None and layer_cfg.max_delete_share is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from tiledelta.api import load_project, update
 from tiledelta.change import Changes, detect_changes
 from tiledelta.config import in_window, parse_window
-from tiledelta.errors import ConfigError, Interrupted, LockedError, TileDeltaError
+from tiledelta.errors import Interrupted, LockedError, TileDeltaError, UsageError
 from tiledelta.project import PROJECT_FILE, Project
 from tiledelta.publish.arcgis.cache import update_server
 from tiledelta.render import Throttle
@@ -59,20 +59,20 @@ def parse_every(text: str | float | int) -> float:
             while pos < len(s) and s[pos] == " ":
                 pos += 1
         if pos != len(s) or not s:
-            raise ConfigError(f"--every {text!r}: use a duration such as 30s, 10m, 1h or 1h30m")
+            raise UsageError(f"--every {text!r}: use a duration such as 30s, 10m, 1h or 1h30m")
     if not seconds > 0:
-        raise ConfigError(f"--every {text!r}: the interval must be longer than zero")
+        raise UsageError(f"--every {text!r}: the interval must be longer than zero")
     return seconds
 
 
 def check_window(window: str | None) -> str | None:
-    """``window`` if it is a valid "HH:MM-HH:MM"; :class:`ConfigError` otherwise."""
+    """``window`` if it is a valid "HH:MM-HH:MM"; :class:`UsageError` otherwise."""
     if not window:
         return None
     try:
         parse_window(window)
     except ValueError:
-        raise ConfigError(
+        raise UsageError(
             f"--window {window!r}: use HH:MM-HH:MM, e.g. 22:00-06:00 (may wrap past midnight)"
         ) from None
     return window
@@ -357,11 +357,11 @@ def watch(
     ``target="arcgis"`` it defaults to ``[arcgis] quiet_hours``.
     """
     if not every > 0:
-        raise ConfigError("--every: the interval must be longer than zero")
+        raise UsageError("--every: the interval must be longer than zero")
     if target not in ("local", "arcgis"):
-        raise ConfigError(f"--target {target!r}: use local or arcgis")
+        raise UsageError(f"--target {target!r}: use local or arcgis")
     if max_workers is not None and max_workers < 1:
-        raise ConfigError(f"--max-workers {max_workers}: must be 1 or more")
+        raise UsageError(f"--max-workers {max_workers}: must be 1 or more")
     if max_tiles_per_second is not None:
         Throttle(max_tiles_per_second)  # validates
     Project.load(Path(project_dir))  # no tiledelta.toml: one error now, not one per poll

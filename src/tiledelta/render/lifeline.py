@@ -72,5 +72,16 @@ def bind_to_parent(parent: int) -> None:
     _pdeathsig()
     if os.getppid() != parent:  # the parent died before we got here
         os._exit(1)
-    with contextlib.suppress(RuntimeError):
-        threading.Thread(target=_watch, args=(parent,), daemon=True, name="lifeline").start()
+    # The thread starts with SIGTERM and SIGINT blocked, so that only the main thread takes
+    # them: Python runs a handler in the main thread only, and one blocked in the pool
+    # queue's semaphore must be woken by the signal itself (EINTR) to leave.
+    stop = {signal.SIGTERM, signal.SIGINT}
+    masked = hasattr(signal, "pthread_sigmask")
+    if masked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        with contextlib.suppress(RuntimeError):
+            threading.Thread(target=_watch, args=(parent,), daemon=True, name="lifeline").start()
+    finally:
+        if masked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)

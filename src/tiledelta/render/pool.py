@@ -254,6 +254,10 @@ def run_plan(
     initargs = (style, scheme, layers, settings, os.getpid())
     with ctx.Pool(nproc, initializer=_init, initargs=initargs) as pool:
         consume(_bounded(pool.imap(_work, feed(), chunksize=1), tasks, timeout))
+        # Done: let the workers take their sentinels and exit (the pool's __exit__ would
+        # SIGTERM them instead); an error leaves through __exit__'s terminate().
+        pool.close()
+        pool.join()
     return stats
 
 

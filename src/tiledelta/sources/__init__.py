@@ -62,8 +62,11 @@ def read_layer(
 
 
 def display_path(src: LayerSource) -> str:
-    """Where a layer's data is, fit to print: a PostGIS connection without its password."""
-    return postgis.where(src) if src.kind == "postgis" else src.path
+    """Where a layer's data is, fit to print: a PostGIS connection without its password
+    (also a GDAL connection string, ``PG:... password=...``)."""
+    if src.kind == "postgis":
+        return postgis.where(src)
+    return gdal.shown(src.path)
 
 
 def read_layers(project: Project) -> dict[str, LayerData]:

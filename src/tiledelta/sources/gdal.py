@@ -11,6 +11,7 @@ with their bounding boxes and a fingerprint of what the renderer sees.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,14 @@ def _open_kwargs(src: LayerSource) -> dict:
     if src.layer:
         kw["layer"] = src.layer
     return kw
+
+
+_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('[^']*'|\S+)")
+
+
+def shown(path: str) -> str:
+    """A dataset path fit to print: a connection string (``PG:...``) without its password."""
+    return _PASSWORD.sub(r"\1***", path) if path.startswith("PG:") else path
 
 
 def _check_exists(src: LayerSource) -> None:
@@ -155,7 +164,7 @@ def read_raw(src: LayerSource, key: str | None, **select: Any) -> RawLayer:
         info = pyogrio.read_info(src.path, **kw)
     except Exception as exc:
         raise SourceError(
-            f"layer {src.name!r}: cannot open {src.path}"
+            f"layer {src.name!r}: cannot open {shown(src.path)}"
             + (f" layer {src.layer!r}" if src.layer else "")
             + f" ({_short(exc)})"
         ) from exc
@@ -180,9 +189,11 @@ def read_raw(src: LayerSource, key: str | None, **select: Any) -> RawLayer:
         if src.where:
             raise SourceError(
                 f"layer {src.name!r}: the definition query {src.where!r} cannot be applied to "
-                f'{src.path} ({_short(exc)}); fix it, or set [layers."{src.name}"] where'
+                f'{shown(src.path)} ({_short(exc)}); fix it, or set [layers."{src.name}"] where'
             ) from exc
-        raise SourceError(f"layer {src.name!r}: cannot read {src.path} ({_short(exc)})") from exc
+        raise SourceError(
+            f"layer {src.name!r}: cannot read {shown(src.path)} ({_short(exc)})"
+        ) from exc
     gdal_warnings = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if gdal_warnings:
         raise SourceError(

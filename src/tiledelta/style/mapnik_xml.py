@@ -161,7 +161,8 @@ def load_style(path: Path) -> Style:
             file = params.get("file")
             if not file:
                 raise StyleError(f"{path}: layer {name!r}: datasource has no 'file' parameter")
-            src_path = _resolve_path(file, ds_base)
+            # A GDAL connection string (an ogr datasource's 'PG:dbname=...') is no path.
+            src_path = file if file.startswith("PG:") else _resolve_path(file, ds_base)
             if kind == "shape" and not src_path.lower().endswith(".shp"):
                 src_path += ".shp"
             layer_name = params.get("layer") or params.get("table") or None

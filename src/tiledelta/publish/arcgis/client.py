@@ -183,9 +183,8 @@ class ArcGISClient:
                     raise ArcGISError(
                         f"{url}: plain http is only allowed for a server on localhost; use https"
                     )
-                (warn or log.warning)(
-                    f"{url}: plain http (no TLS) - fine for a local emulator only"
-                )
+                # Only localhost gets here: a log line (-v), not a warning before every error.
+                (warn or log.info)(f"{url}: plain http (no TLS) - fine for a local emulator only")
         self.username = username
         self._password = password
         #: how the portal (or server) token is obtained; a built-in account by default
