@@ -107,3 +107,26 @@ def test_mass_delete_guard_holds_on_a_rebuild(sample_project: Path) -> None:
         api.update(api.load_project(sample_project))
     assert tree_digest(sample_project / "cache") == cache
     assert runs_recorded(sample_project) == state
+
+
+def _ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def test_a_failed_runs_pool_is_stopped_even_when_a_worker_misses_its_sigterm(monkeypatch) -> None:
+    """The error path's terminate() is bounded: a worker that never takes its SIGTERM
+    is killed after the grace period, so the run ends (and its lock with it)."""
+    from tiledelta.render import pool as render_pool
+
+    monkeypatch.setattr(render_pool, "STOP_GRACE", 1.0)
+    pool = mp.get_context("fork").Pool(2, initializer=_ignore_sigterm)
+    workers = list(pool._pool)
+    assert pool.apply(abs, (-3,)) == 3  # the workers are up
+    busy = [pool.apply_async(time.sleep, (60,)) for _ in workers]  # noqa: F841 - stuck
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    render_pool._stop(pool)
+    took = time.monotonic() - t0
+    assert all(not p.is_alive() for p in workers)
+    assert took < 5, f"stopping took {took:.1f} s"
+    assert any(p.exitcode == -signal.SIGKILL for p in workers)

@@ -6,12 +6,15 @@ writes each bundle (128×128 tiles) once, after all its meta-tiles are drawn.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.pool import Pool
 
 from tiledelta.config import RenderSettings
 from tiledelta.errors import DiskFull, RenderTimeout, os_error
@@ -252,13 +255,36 @@ def run_plan(
         return stats
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     initargs = (style, scheme, layers, settings, os.getpid())
-    with ctx.Pool(nproc, initializer=_init, initargs=initargs) as pool:
+    pool = ctx.Pool(nproc, initializer=_init, initargs=initargs)
+    try:
         consume(_bounded(pool.imap(_work, feed(), chunksize=1), tasks, timeout))
-        # Done: let the workers take their sentinels and exit (the pool's __exit__ would
-        # SIGTERM them instead); an error leaves through __exit__'s terminate().
-        pool.close()
-        pool.join()
+    except BaseException:
+        _stop(pool)
+        raise
+    # Done: the workers take their sentinels and exit; no signal is sent.
+    pool.close()
+    pool.join()
     return stats
+
+
+#: Seconds a failed run's pool gets to stop its workers before they are killed.
+STOP_GRACE = 10.0
+
+
+def _stop(pool: Pool) -> None:
+    """End a failed run's pool: ``terminate()`` (SIGTERM to the workers, then a join),
+    bounded; workers still there after :data:`STOP_GRACE` seconds are killed, so a
+    worker that missed its SIGTERM can never hold the run (and its lock) for ever."""
+    stopper = threading.Thread(target=pool.terminate, name="pool-stop", daemon=True)
+    stopper.start()
+    stopper.join(STOP_GRACE)
+    if stopper.is_alive():
+        workers = list(getattr(pool, "_pool", []))
+        log.warning("render workers did not stop within %g s; killing them", STOP_GRACE)
+        for proc in workers:
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                proc.kill()
+        stopper.join(STOP_GRACE)
 
 
 def run_project_plan(
