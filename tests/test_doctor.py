@@ -229,3 +229,23 @@ def test_secrets_are_never_printed(seeded: Path, monkeypatch) -> None:
     assert not by_name(checks)["datasource water"].ok
     text = json.dumps(report(checks)) + "\n".join(c.line() for c in checks)
     assert PASSWORD not in text and USER not in text
+
+
+def test_app_credentials_are_a_way_to_sign_in(seeded: Path, monkeypatch) -> None:
+    """A project that signs in with OAuth app credentials (no built-in account) passes
+    the credentials check, and the secret is not shown."""
+    monkeypatch.delenv("ARCGIS_CLIENT_ID", raising=False)
+    monkeypatch.delenv("ARCGIS_CLIENT_SECRET", raising=False)
+    secret = "app-S3cret-value"
+    (seeded / ".env").write_text(
+        f"ARCGIS_CLIENT_ID=tiledelta-app\nARCGIS_CLIENT_SECRET={secret}\n", encoding="utf-8"
+    )
+    base = f"http://127.0.0.1:{closed_port()}"
+    p = Project.load(seeded)
+    cfg = ArcGISConfig(server=f"{base}/server", service="Tests/County", portal=f"{base}/portal")
+    p.updated(arcgis=cfg).save()
+    checks = run_checks(seeded)
+    got = by_name(checks)["arcgis credentials"]
+    assert got.ok, got.detail
+    assert "OAuth app credentials" in got.detail
+    assert secret not in json.dumps(report(checks))

@@ -29,7 +29,7 @@ from tiledelta.config import read_config
 from tiledelta.grid import select_levels
 from tiledelta.project import PROJECT_FILE, Project
 from tiledelta.publish.arcgis.cache import tls_verify
-from tiledelta.publish.arcgis.client import ArcGISError, is_local, load_credentials
+from tiledelta.publish.arcgis.client import ArcGISError, is_local, load_sign_in
 from tiledelta.sources import display_path, list_layers, read_layer
 from tiledelta.stores import open_project_store
 from tiledelta.stores.base import JPEG_MAGIC, PNG_MAGIC
@@ -474,10 +474,15 @@ def _check_state(project: Project) -> str:
 
 
 def _check_credentials(project: Project, secrets: set[str]) -> str:
+    """Whichever way a run will sign in: Pro's sign-in, a built-in account or app
+    credentials (:func:`~tiledelta.publish.arcgis.client.load_sign_in`)."""
+    cfg = project.config.arcgis
+    sign_in = load_sign_in(project.root, cfg.portal if cfg else None)  # says what to set
+    secrets.update(sign_in.secrets())
+    if sign_in.kind != "password":
+        return f"signs in with {sign_in.describe()} (values not shown)"
     env = project.root / ".env"
     in_env = bool(os.environ.get("ARCGIS_USERNAME") and os.environ.get("ARCGIS_PASSWORD"))
-    _user, password = load_credentials(project.root)  # ArcGISError says what to set
-    secrets.add(password.get())
     where = "the environment" if in_env else str(env)
     return f"ARCGIS_USERNAME and ARCGIS_PASSWORD are set (from {where}; values not shown)"
 
