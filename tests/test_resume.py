@@ -140,7 +140,14 @@ def journal_done(project: Path) -> int:
 def stop_seed_at(project: Path, fraction: float, sig: int, total: int) -> tuple[int, str, int]:
     """Start ``tiledelta seed`` in its own process group, send ``sig`` to the group once
     ``fraction`` of the ``total`` meta-tiles are journaled; return (exit code, stderr,
-    meta-tiles journaled at the signal)."""
+    meta-tiles journaled at the signal).
+
+    The stopped run is held to about 6 s by a rate cap (not part of the seed's signature,
+    so the resume is the same plan): on a fast machine the last groups would otherwise be
+    journaled in one go, past ``fraction``, and the seed would finish before the signal."""
+    cfg = load_project(project)
+    rate = max(1.0, total * cfg.settings.metatile**2 / 6.0)
+    cfg.updated(render={"max_tiles_per_second": rate}).save()
     proc = subprocess.Popen(
         [TILEDELTA, "seed", "--project", str(project)],
         stdout=subprocess.PIPE,
@@ -162,6 +169,7 @@ def stop_seed_at(project: Path, fraction: float, sig: int, total: int) -> tuple[
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    load_project(project).updated(render={"max_tiles_per_second": None}).save()
     assert 0 < done < total, f"the seed was not stopped part-way ({done} of {total} done)"
     return proc.returncode, err, done
 

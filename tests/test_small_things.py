@@ -93,25 +93,25 @@ def test_the_proposed_key_makes_moves_modifications(sample_template, tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "code"),
     [
-        ["--levels", "19-3"],
-        ["--source", "no-such.gpkg"],
-        ["--scheme", "no-such-conf.xml"],
+        (["--levels", "19-3"], 2),  # a malformed option: usage
+        (["--source", "no-such.gpkg"], 1),
+        (["--scheme", "no-such-conf.xml"], 1),
     ],
 )
-def test_a_failed_init_leaves_nothing(sample_template, tmp_path: Path, args) -> None:
+def test_a_failed_init_leaves_nothing(sample_template, tmp_path: Path, args, code) -> None:
     gpkg = sample_template / "data" / "county.gpkg"
     target = tmp_path / "a" / "b"
     base = ["--source", f"{gpkg}:roads"] if "--source" not in args else []
     out = cli("init", str(target), *base, *args)
-    assert out.returncode == 1
+    assert out.returncode == code
     assert one_line(out).startswith("tiledelta: error: ")
     assert not (tmp_path / "a").exists()
     # into an existing folder: no style.xml, no tiledelta.toml left there
     (tmp_path / "c").mkdir()
     out = cli("init", str(tmp_path / "c"), *base, *args)
-    assert out.returncode == 1 and sorted((tmp_path / "c").iterdir()) == []
+    assert out.returncode == code and sorted((tmp_path / "c").iterdir()) == []
 
 
 def test_conf_xml_without_levels_names_the_file(tmp_path: Path) -> None:
