@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from support.emulator import Emulator, make_service_definition
+from support.published import publish_on_emulator
 
 from tiledelta import sample
 from tiledelta.api import init_project, load_project, seed
 from tiledelta.change import detect_changes
-from tiledelta.config import ArcGISConfig
 from tiledelta.errors import Interrupted
 from tiledelta.project import Project
 from tiledelta.publish.arcgis.cache import in_window, update_server
@@ -52,25 +52,9 @@ def site(tmp_path: Path):
     sample.generate(county)
     init_project(county, style=county / "style.xml", levels="13-16", force=True)
     emu = Emulator(tmp_path / "server", username=USER, password=PASSWORD).start()
-    project = Project.load(county)
     # The emulated server stores no background-only tile, so neither does the local seed
     # it is compared with.
-    project = project.updated(render={"processes": 1}, cache={"blank_tiles": "skip"})
-    project = project.updated(
-        arcgis=ArcGISConfig(
-            server=emu.url,
-            service="Tests/County",
-            sd="County.sd",
-            poll_seconds=0.05,
-            busy_timeout_minutes=0.05,
-        )
-    )
-    project.save()
-    (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
-    seed(load_project(county))
-    make_service_definition(county, county / "County.sd", "Tests", "County", include_cache=True)
-    publish(load_project(county), say=lambda m: None, update_cache=False)
-    update_server(load_project(county), mark_current=True)
+    publish_on_emulator(county, emu, USER, PASSWORD, cache={"blank_tiles": "skip"})
     yield county, emu
     emu.stop()
 

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from conftest import gdal_open
 from support.emulator import Emulator, make_service_definition
+from support.published import publish_on_emulator
 
 from tiledelta import sample
-from tiledelta.api import init_project, load_project, seed
-from tiledelta.config import ArcGISConfig
+from tiledelta.api import init_project, load_project
 from tiledelta.project import Project
-from tiledelta.publish.arcgis.cache import connect, update_server
+from tiledelta.publish.arcgis.cache import connect
 from tiledelta.publish.arcgis.client import ArcGISError
 from tiledelta.publish.arcgis.publish import (
     describe_run,
@@ -43,25 +43,7 @@ def site(tmp_path: Path):
     init_project(county, style=county / "style.xml", levels="13-15", force=True)
     emu = Emulator(tmp_path / "server", username=USER, password=PASSWORD, portal=True).start()
     item_id = emu.portal_add_item(USER, "Compact Tile Package", "County basemap")
-    project = Project.load(county)
-    project = project.updated(render={"processes": 1})
-    project = project.updated(
-        arcgis=ArcGISConfig(
-            server=emu.url,
-            service="Tests/County",
-            portal=emu.portal_url,
-            item_id=item_id,
-            sd="County.sd",
-            poll_seconds=0.05,
-            busy_timeout_minutes=0.05,
-        )
-    )
-    project.save()
-    (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
-    seed(load_project(county))
-    make_service_definition(county, county / "County.sd", "Tests", "County", include_cache=True)
-    publish(load_project(county), say=lambda m: None, update_cache=False)
-    update_server(load_project(county), mark_current=True)
+    publish_on_emulator(county, emu, USER, PASSWORD, portal=emu.portal_url, item_id=item_id)
     yield county, emu, item_id
     emu.stop()
 

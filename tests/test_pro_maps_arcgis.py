@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 import shapely
-from support.emulator import Emulator, make_service_definition
+from support.emulator import Emulator
+from support.published import publish_on_emulator
 from test_core_without_mapnik import run_cli
 from test_pro_maps import LEVELS, X0, Y0, write_aprx, write_parcels, write_roads
 
-from tiledelta.api import init_project, load_project, seed
+from tiledelta.api import init_project, load_project
 from tiledelta.change import detect_changes
-from tiledelta.config import ArcGISConfig
-from tiledelta.project import Project
 from tiledelta.publish.arcgis.cache import update_server
-from tiledelta.publish.arcgis.publish import publish
 
 USER, PASSWORD = "publisher", "s3cret-Pa55!"
 
@@ -37,23 +35,7 @@ def pro_site(tmp_path: Path):
     write_aprx(county / "County.aprx", "2.x")
     init_project(county, map_path=county / "County.aprx", levels=LEVELS, force=True)
     emu = Emulator(tmp_path / "server", username=USER, password=PASSWORD).start()
-    project = Project.load(county).updated(
-        render={"processes": 1},
-        cache={"blank_tiles": "skip"},
-        arcgis=ArcGISConfig(
-            server=emu.url,
-            service="Tests/County",
-            sd="County.sd",
-            poll_seconds=0.05,
-            busy_timeout_minutes=0.05,
-        ),
-    )
-    project.save()
-    (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
-    seed(load_project(county))
-    make_service_definition(county, county / "County.sd", "Tests", "County", include_cache=True)
-    publish(load_project(county), say=lambda m: None, update_cache=False)
-    update_server(load_project(county), mark_current=True)
+    publish_on_emulator(county, emu, USER, PASSWORD, cache={"blank_tiles": "skip"})
     yield county, emu
     emu.stop()
 

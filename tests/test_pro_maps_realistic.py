@@ -818,13 +818,8 @@ def served(county: Path, tmp_path: Path):
     """The county project (SDE layers mapped to their FileGDB copies), seeded, published on
     the emulator with its cache, and the server's cache marked current."""
     pytest.importorskip("mapnik", reason="the emulator renders its cache jobs with Mapnik")
-    from support.emulator import Emulator, make_service_definition
-
-    from tiledelta.api import seed
-    from tiledelta.config import ArcGISConfig
-    from tiledelta.project import Project
-    from tiledelta.publish.arcgis.cache import update_server
-    from tiledelta.publish.arcgis.publish import publish
+    from support.emulator import Emulator
+    from support.published import publish_on_emulator
 
     out = cli(
         "init", str(county), "--map", "County.aprx", "--levels", LEVELS,
@@ -832,23 +827,9 @@ def served(county: Path, tmp_path: Path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     emu = Emulator(tmp_path / "server", username=USER, password=PASSWORD).start()
-    project = Project.load(county).updated(
-        render={"processes": 1},
-        cache={"blank_tiles": "skip"},
-        arcgis=ArcGISConfig(
-            server=emu.url,
-            service="Basemaps/County",
-            sd="County.sd",
-            poll_seconds=0.05,
-            busy_timeout_minutes=0.05,
-        ),
+    publish_on_emulator(
+        county, emu, USER, PASSWORD, service="Basemaps/County", cache={"blank_tiles": "skip"}
     )
-    project.save()
-    (county / ".env").write_text(f"ARCGIS_USERNAME={USER}\nARCGIS_PASSWORD={PASSWORD}\n")
-    seed(load_project(county))
-    make_service_definition(county, county / "County.sd", "Basemaps", "County", include_cache=True)
-    publish(load_project(county), say=lambda m: None, update_cache=False)
-    update_server(load_project(county), mark_current=True)
     yield county, emu
     emu.stop()
 

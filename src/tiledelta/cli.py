@@ -101,10 +101,15 @@ engine_options = [
 ]
 
 
-def _engine_options(f):
-    for option in reversed(engine_options):
-        f = option(f)
-    return f
+def _with(options: list):
+    """A decorator adding a shared list of click options, in list order."""
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
 def _echo_json(obj: dict) -> None:
@@ -474,12 +479,6 @@ _scope_options = [
 ]
 
 
-def _with_scope_options(f):
-    for option in reversed(_scope_options):
-        f = option(f)
-    return f
-
-
 def _print_dry_run(result: dict, as_json: bool) -> None:
     """The plan of ``--dry-run``, one line per level with work, then the estimate."""
     if as_json:
@@ -514,8 +513,7 @@ def _print_dry_run(result: dict, as_json: bool) -> None:
 @main.command()
 @project_option
 @json_option
-@_engine_options
-@_with_scope_options
+@_with(engine_options + _scope_options)
 @click.option(
     "--restart",
     is_flag=True,
@@ -720,8 +718,7 @@ def _print_server_plan(result: dict) -> None:
     is_flag=True,
     help="Let through an update that deletes more of a layer than [update] max_delete_share.",
 )
-@_engine_options
-@_with_scope_options
+@_with(engine_options + _scope_options)
 def update(
     project_dir: Path,
     as_json: bool,

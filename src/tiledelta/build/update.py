@@ -18,10 +18,10 @@ from tiledelta.build.seed import build_full, check_cache, record_metadata, recov
 from tiledelta.change import Changes, check_mass_delete, detect_changes
 from tiledelta.plan import TilePlan, restrict_plan, update_plan
 from tiledelta.project import Project
-from tiledelta.render import RunStats
+from tiledelta.render import BlankFill, RunStats
 from tiledelta.render.dask_engine import open_engine
 from tiledelta.sources import LayerData, boxes_extent, data_extent
-from tiledelta.stores import open_project_store
+from tiledelta.stores import TileStore, open_project_store
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _update(
         outcome.changes = changes
         return outcome
     # Rendering needs Mapnik, an optional dependency: imported only when there is work.
-    from tiledelta.render.pool import blank_fill, run_project_plan
+    from tiledelta.render.pool import blank_fill
 
     engine.complete(project, layers, changes)  # geometry of changed features (Dask)
     with ctx.stage("plan"):
@@ -91,17 +91,7 @@ def _update(
         area = project.extent or was
         with open_project_store(project, max_level=top) as store:
             if plan.metatile_count:
-                stats = run_project_plan(
-                    project,
-                    layers,
-                    plan,
-                    store,
-                    compare=True,
-                    progress=ctx.progress,
-                    before=ctx.before,
-                    blank=blank,
-                    executor=engine.executor(project, layers),
-                )
+                stats = _render(ctx, layers, plan, store, blank, engine)
             if blank is not None and changes.new_levels:
                 fill_blanks(store, blank, changes.new_levels, stats, track=True)
             if blank is not None:
@@ -128,6 +118,31 @@ def _update(
     )
 
 
+def _render(
+    ctx: RunContext,
+    layers: dict[str, LayerData],
+    plan: TilePlan,
+    store: TileStore,
+    blank: BlankFill | None,
+    engine: Any,
+) -> RunStats:
+    """Render ``plan`` into ``store`` with the run's engine, comparing with the stored
+    tiles (unchanged ones are not rewritten) and keeping the replaced ones (``before``)."""
+    from tiledelta.render.pool import run_project_plan  # Mapnik: only when there is work
+
+    return run_project_plan(
+        ctx.project,
+        layers,
+        plan,
+        store,
+        compare=True,
+        progress=ctx.progress,
+        before=ctx.before,
+        blank=blank,
+        executor=engine.executor(ctx.project, layers),
+    )
+
+
 def plan_update(
     project: Project, changes: Changes, layers: dict[str, LayerData], scope: Scope | None = None
 ) -> TilePlan:
@@ -149,23 +164,14 @@ def _partial(
 ) -> BuildOutcome:
     """The dirty meta-tiles of ``scope`` only: no blank reconciling, no dropped level, no
     metadata (the next full update does them, from the same journal and snapshot)."""
-    from tiledelta.render.pool import blank_fill, run_project_plan
+    from tiledelta.render.pool import blank_fill
 
     project = ctx.project
     stats = RunStats()
     with ctx.stage("render_write"), open_project_store(project) as store:
         if plan.metatile_count:
-            stats = run_project_plan(
-                project,
-                layers,
-                plan,
-                store,
-                compare=True,
-                progress=ctx.progress,
-                before=ctx.before,
-                blank=blank_fill(project, data_extent(layers)),
-                executor=engine.executor(project, layers),
-            )
+            blank = blank_fill(project, data_extent(layers))
+            stats = _render(ctx, layers, plan, store, blank, engine)
     levels = [lv for lv in project.levels if scope.levels is None or lv in scope.levels]
     return BuildOutcome(
         kind="update",

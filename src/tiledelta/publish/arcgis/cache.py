@@ -63,6 +63,27 @@ def arcgis_config(project: Project) -> ArcGISConfig:
     return cfg
 
 
+def wait_for(
+    client: ArcGISClient,
+    cfg: ArcGISConfig,
+    task: str,
+    job: str,
+    say: Callable[[str], None],
+    **kwargs: Any,
+) -> dict:
+    """Poll a server job with the ``[arcgis]`` poll, timeout and settle settings, passing
+    its messages to ``say``; the job's last status."""
+    return client.wait_job(
+        task,
+        job,
+        poll=cfg.poll_seconds,
+        timeout=60 * cfg.job_timeout_minutes,
+        settle=cfg.settle_seconds,
+        on_message=lambda m: say(f"  server: {m}"),
+        **kwargs,
+    )
+
+
 def tls_verify(project: Project) -> bool | str:
     """``[arcgis] verify``: True/False, or the resolved path of a private CA bundle."""
     verify = arcgis_config(project).verify
@@ -407,14 +428,7 @@ def _run_job(
     )
     task = client.cache_task(cfg.cache_task)  # CachingTools where there is no CachingControllers
     job_id = client.submit(task, **params)
-    status = client.wait_job(
-        task,
-        job_id,
-        poll=cfg.poll_seconds,
-        timeout=60 * cfg.job_timeout_minutes,
-        settle=cfg.settle_seconds,
-        on_message=lambda m: say(f"  server: {m}"),
-    )
+    status = wait_for(client, cfg, task, job_id, say)
     state = status.get("jobStatus")
     if state != "esriJobSucceeded":
         raise ArcGISError(

@@ -33,7 +33,7 @@ from tiledelta.build.context import Progress
 from tiledelta.change import last_update_tiles
 from tiledelta.grid import BUNDLE_PACKET, bundle_origin, tile_bounds
 from tiledelta.project import Project
-from tiledelta.publish.arcgis.cache import arcgis_config, connect, service_scheme
+from tiledelta.publish.arcgis.cache import arcgis_config, connect, service_scheme, wait_for
 from tiledelta.publish.arcgis.client import ArcGISClient, ArcGISError
 from tiledelta.publish.package import write_tpkx
 from tiledelta.runs import run
@@ -238,14 +238,8 @@ def _import_hosted(
         merge=merge_bundle,
         replace=True,
     )
-    status = client.wait_job(
-        "importTiles",
-        job,
-        poll=cfg.poll_seconds,
-        timeout=60 * cfg.job_timeout_minutes,
-        settle=cfg.settle_seconds,
-        on_message=lambda m: say(f"  server: {m}"),
-        path=f"{client.hosted_admin(cfg.service)}/jobs/{job}",
+    status = wait_for(
+        client, cfg, "importTiles", job, say, path=f"{client.hosted_admin(cfg.service)}/jobs/{job}"
     )
     if status.get("jobStatus") != "esriJobSucceeded":
         raise ArcGISError(
@@ -321,14 +315,7 @@ def _import_map_service(
     if extent_name:
         params[extent_name] = json.dumps(patch_extent(project, cover, scheme.wkid))
     job = client.submit(IMPORT_TASK, **params)
-    status = client.wait_job(
-        IMPORT_TASK,
-        job,
-        poll=cfg.poll_seconds,
-        timeout=60 * cfg.job_timeout_minutes,
-        settle=cfg.settle_seconds,
-        on_message=lambda m: say(f"  server: {m}"),
-    )
+    status = wait_for(client, cfg, IMPORT_TASK, job, say)
     if status.get("jobStatus") != "esriJobSucceeded":
         raise ArcGISError(f"{status['summary']}; the patch is sent again by the next run")
     return {"upload": upload, "job": job, "tiles": pkg["tiles"], "mergeBundle": False}

@@ -30,7 +30,13 @@ from tiledelta.errors import RenderUnavailable
 from tiledelta.grid import TilingScheme
 from tiledelta.project import Project
 from tiledelta.publish.arcgis import sddraft
-from tiledelta.publish.arcgis.cache import arcgis_config, connect, service_scheme, update_server
+from tiledelta.publish.arcgis.cache import (
+    arcgis_config,
+    connect,
+    service_scheme,
+    update_server,
+    wait_for,
+)
 from tiledelta.publish.arcgis.client import PUBLISH_TASK, ArcGISError
 from tiledelta.publish.thumbnail import render_thumbnail
 
@@ -109,13 +115,7 @@ def _publish_over_rest(project: Project, sd: Path, say: Callable[[str], None]) -
         say(f"uploading {sd.name}")
         item = client.upload(sd)
         job = client.submit(PUBLISH_TASK, in_sdp_id=item)
-        status = client.wait_job(
-            PUBLISH_TASK,
-            job,
-            poll=cfg.poll_seconds,
-            timeout=60 * cfg.job_timeout_minutes,
-            on_message=lambda m: say(f"  server: {m}"),
-        )
+        status = wait_for(client, cfg, PUBLISH_TASK, job, say)
         if status.get("jobStatus") != "esriJobSucceeded":
             msgs = "; ".join(str(m.get("description", "")) for m in status.get("messages") or [])
             raise ArcGISError(advise(f"publishing failed ({status.get('jobStatus')}): {msgs}"))
