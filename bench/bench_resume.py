@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 from common import make_project
+
+from tiledelta.change.journal import SEED_JOURNAL, SeedJournal
 
 TILEDELTA = str(Path(sys.executable).with_name("tiledelta"))
 
@@ -32,15 +33,9 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def journaled(project: Path) -> int:
-    path = project / ".tiledelta" / "seed-journal.sqlite"
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)
-        try:
-            return int(con.execute("SELECT COALESCE(SUM(metatiles), 0) FROM done").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
+    """Meta-tiles the running seed has journaled as finished (read only)."""
+    _signature, done = SeedJournal.peek(project / ".tiledelta" / SEED_JOURNAL)
+    return sum(done.values())
 
 
 def timed_seed(project: Path) -> tuple[float, dict]:

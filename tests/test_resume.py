@@ -28,7 +28,7 @@ from conftest import gdal_open
 
 from tiledelta.api import init_project, load_project, seed, seed_dry_run
 from tiledelta.change import detect_changes
-from tiledelta.change.journal import SEED_JOURNAL
+from tiledelta.change.journal import SEED_JOURNAL, SeedJournal
 
 TILEDELTA = str(Path(sys.executable).with_name("tiledelta"))
 STYLE = """<?xml version="1.0" encoding="utf-8"?>
@@ -124,17 +124,8 @@ def dry_run_total(project: Path) -> int:
 
 def journal_done(project: Path) -> int:
     """Meta-tiles the running seed has journaled as finished (read only)."""
-    path = project / ".tiledelta" / SEED_JOURNAL
-    if not path.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)
-        try:
-            return int(con.execute("SELECT COALESCE(SUM(metatiles), 0) FROM done").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
+    _signature, done = SeedJournal.peek(project / ".tiledelta" / SEED_JOURNAL)
+    return sum(done.values())
 
 
 def stop_seed_at(project: Path, fraction: float, sig: int, total: int) -> tuple[int, str, int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from support.arcpy.standin import make_aprx
 from support.emulator import Emulator, make_service_definition
+from test_core_without_mapnik import NO_MAPNIK
 
 from tiledelta import sample
 from tiledelta.api import init_project, load_project, seed
@@ -35,16 +36,10 @@ HERE = Path(__file__).parent
 PYT = HERE.parent / "toolbox" / "TileDelta.pyt"
 USER, PASSWORD = "publisher", "t00lbox-Pa55!"
 
-RUNNER = """
-import json, sys
-
-class _NoMapnik:
-    def find_spec(self, name, path=None, target=None):
-        if name == "mapnik" or name.startswith("mapnik."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _NoMapnik())
+RUNNER = (
+    NO_MAPNIK
+    + """
+import json
 args = json.loads(sys.argv[1])
 sys.path.insert(0, args["support"])
 
@@ -82,6 +77,7 @@ out["progress"] = arcpy.standin.progress_log()
 out["mapnik_imported"] = "mapnik" in sys.modules
 print("RESULT" + json.dumps(out))
 """
+)
 
 
 def run_tool(tool: str, values: dict, pro: dict | None = None) -> dict:

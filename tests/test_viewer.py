@@ -176,6 +176,11 @@ def _settle(page) -> None:
                 .every(i => i.src.includes(z)); }""",
         timeout=10_000,
     )
+    # ...and every tile image the page holds has finished (loaded, or failed with a 404).
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('img.leaflet-tile')).every(i => i.complete)",
+        timeout=10_000,
+    )
 
 
 def _wait_level(page, z: int) -> None:
