@@ -173,3 +173,23 @@ def gdal_open(path: Path) -> dict:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+@pytest.fixture
+def arcpy(monkeypatch):
+    """The stand-in arcpy (``tests/support/arcpy``), imported fresh and reset; removed
+    from ``sys.modules`` again afterwards."""
+
+    def forget() -> None:
+        for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
+            del sys.modules[name]
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "support"))
+    forget()
+    import arcpy as standin_arcpy
+    import arcpy.standin
+
+    arcpy.standin.reset()
+    arcpy.standin.configure(echo=False)
+    yield standin_arcpy
+    forget()

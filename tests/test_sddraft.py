@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import re
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tiledelta.publish.arcgis.publish import keep_existing_cache, publish
 from tiledelta.publish.arcgis.sddraft import SDDraftError, edit_for_cached_overwrite
 from tiledelta.stores import read_compact_cache
 
-SUPPORT = Path(__file__).parent / "support"
 USER, PASSWORD = "publisher", "dr4ft-Pa55!"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 TYPENS = "http://www.esri.com/schemas/ArcGIS/3.3"
@@ -270,22 +268,6 @@ def test_the_old_elementtree_rewrite_corrupts_the_draft() -> None:
 
 
 # ------------------------------------------------------------------- the stand-in arcpy
-
-
-@pytest.fixture
-def arcpy(monkeypatch):
-    """The stand-in arcpy (tests/support/arcpy), imported fresh and reset."""
-    monkeypatch.syspath_prepend(str(SUPPORT))
-    for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
-        del sys.modules[name]
-    import arcpy as standin_arcpy
-    import arcpy.standin
-
-    arcpy.standin.reset()
-    arcpy.standin.configure(echo=False)
-    yield standin_arcpy
-    for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
-        del sys.modules[name]
 
 
 def test_stage_service_refuses_corrupt_drafts(arcpy, tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 import xml.dom.minidom
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -38,7 +37,6 @@ from lxml import etree
 from tiledelta.grid import web_mercator
 from tiledelta.publish.arcgis.sddraft import SDDraftError, edit_for_cached_overwrite
 
-SUPPORT = Path(__file__).parent / "support"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 XS = "http://www.w3.org/2001/XMLSchema"
 
@@ -419,22 +417,6 @@ def test_a_draft_rewritten_without_its_namespaces_is_refused_clearly() -> None:
 
 
 # ------------------------------------------------------------------- the stand-in arcpy
-
-
-@pytest.fixture
-def arcpy(monkeypatch):
-    """The stand-in arcpy (tests/support/arcpy), imported fresh and reset."""
-    monkeypatch.syspath_prepend(str(SUPPORT))
-    for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
-        del sys.modules[name]
-    import arcpy as standin_arcpy
-    import arcpy.standin
-
-    arcpy.standin.reset()
-    arcpy.standin.configure(echo=False)
-    yield standin_arcpy
-    for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
-        del sys.modules[name]
 
 
 def _with_home(data: bytes, home: Path) -> bytes:

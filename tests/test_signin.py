@@ -5,7 +5,6 @@ and the one-line message for a portal that uses Windows (IWA) logins."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from tiledelta.publish.arcgis.cache import connect
 from tiledelta.publish.arcgis.client import ArcGISClient, ArcGISError
 from tiledelta.publish.arcgis.publish import describe_run
 
-SUPPORT = Path(__file__).parent / "support"
 USER, PASSWORD = "publisher", "s1gn-in-Pa55!"
 APP_ID, APP_SECRET = "tiledelta-app", "app-s3cret-value"
 
@@ -43,21 +41,6 @@ def project(tmp_path: Path, emu: Emulator) -> Project:
     p = Project.load(root).updated(arcgis=cfg)
     p.save()
     return Project.load(root)
-
-
-@pytest.fixture
-def arcpy(monkeypatch):
-    monkeypatch.syspath_prepend(str(SUPPORT))
-    for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
-        del sys.modules[name]
-    import arcpy as standin
-    import arcpy.standin
-
-    arcpy.standin.reset()
-    arcpy.standin.configure(echo=False)
-    yield standin
-    for name in [m for m in sys.modules if m == "arcpy" or m.startswith("arcpy.")]:
-        del sys.modules[name]
 
 
 def clear_env(monkeypatch) -> None:
