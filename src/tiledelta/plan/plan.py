@@ -52,6 +52,20 @@ class TilePlan:
         return out
 
 
+def merge_metatiles(parts: list[np.ndarray]) -> np.ndarray:
+    """The sorted union of (mrow, mcol) arrays, on a linear index (no row-wise sort)."""
+    arrays = [np.asarray(p, dtype=np.int64).reshape(-1, 2) for p in parts]
+    mt = np.concatenate(arrays) if arrays else np.zeros((0, 2), dtype=np.int64)
+    if not len(mt):
+        return mt
+    lo = mt.min(axis=0)
+    ncols = int(mt[:, 1].max() - lo[1]) + 1
+    lin = (mt[:, 0] - lo[0]) * ncols + (mt[:, 1] - lo[1])
+    if len(arrays) > 1 or np.any(np.diff(lin) <= 0):
+        lin = np.unique(lin)
+    return np.column_stack([lin // ncols + lo[0], lin % ncols + lo[1]])
+
+
 def visible_levels(style: Style, scheme: TilingScheme, levels: list[int]) -> dict[str, list[int]]:
     """Per layer, the levels at which Mapnik can draw anything for it (no Mapnik needed)."""
     return _style_visible_levels(
@@ -87,7 +101,7 @@ def plan_for_boxes(
             pad = query_pad(scheme, level, buffer_px if lyr_buffer is None else lyr_buffer)
             parts.append(metatiles_for_boxes(scheme, level, boxes, pad, meta))
         if parts:
-            mt = np.unique(np.concatenate(parts), axis=0)
+            mt = merge_metatiles(parts)
             if extent is not None and len(mt):
                 ext = metatiles_for_boxes(scheme, level, np.array([extent]), 0.0, meta)
                 lo, hi = ext.min(axis=0), ext.max(axis=0)
@@ -166,8 +180,8 @@ def update_plan(
             extent=project.extent,
         )
         for level, mts in unfinished.levels.items():
-            both = mts if level not in plan.levels else np.concatenate([plan.levels[level], mts])
-            plan.levels[level] = np.unique(both, axis=0)
+            both = [mts] if level not in plan.levels else [plan.levels[level], mts]
+            plan.levels[level] = merge_metatiles(both)
     if changes.restyled:
         # A layer's own symbology or labels changed (or it came or went): every meta-tile
         # it reaches, before or now, at the levels it drew or draws at.
@@ -183,8 +197,8 @@ def update_plan(
             buffers={name: r.buffer for name, r in changes.restyled.items()},
         )
         for level, mts in restyled.levels.items():
-            both = mts if level not in plan.levels else np.concatenate([plan.levels[level], mts])
-            plan.levels[level] = np.unique(both, axis=0)
+            both = [mts] if level not in plan.levels else [plan.levels[level], mts]
+            plan.levels[level] = merge_metatiles(both)
     if changes.new_levels:
         plan.levels.update(full_plan(project, layers, changes.new_levels).levels)
     return plan
