@@ -45,6 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--levels", default="0-16")
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument(
+        "--png-compression", help="[cache] png_compression (default: the project's, fast)"
+    )
     args = ap.parse_args()
 
     from tiledelta.api import load_project, seed
@@ -56,6 +59,8 @@ def main() -> None:
         root = make_project(Path(tmp) / "clatsop", args.levels)
         project = load_project(root)
         project = project.updated(render={"processes": args.processes})
+        if args.png_compression:
+            project = project.updated(cache={"png_compression": args.png_compression})
         t = time.perf_counter()
         result = seed(project)
         wall = time.perf_counter() - t
@@ -76,7 +81,10 @@ def main() -> None:
         raw = time.perf_counter() - t
 
     me, kids = peak_rss_mb()
-    print(f"levels {args.levels}, {args.processes} processes, Clatsop buildings (23,953)")
+    print(
+        f"levels {args.levels}, {args.processes} processes, Clatsop buildings (23,953), "
+        f"png_compression {project.config.cache.png_compression}"
+    )
     print(f"meta-tiles rendered     {result['metatiles_rendered']:>10,}")
     print(f"tiles cut / stored      {result['tiles_rendered']:>10,} / {result['tiles_written']:,}")
     print(

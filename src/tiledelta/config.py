@@ -16,7 +16,7 @@ import datetime as dt
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,6 +26,10 @@ PROJECT_FILE = "tiledelta.toml"
 
 #: Tile encodings a cache can hold.
 FORMATS = ("png", "png8", "jpeg", "mixed")
+#: How PNG tiles are compressed (``[cache] png_compression``, render/encode.py,
+#: docs/encoding.md): libdeflate level 1, libdeflate level 9, or Mapnik's own ``png32``.
+PngCompression = Literal["fast", "small", "mapnik"]
+PNG_COMPRESSIONS: tuple[str, ...] = get_args(PngCompression)
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,10 +65,17 @@ class RenderSettings:
     buffer: int = 64
     fmt: str = "png"
     quality: int = 75
+    #: how PNG tiles (format png, and mixed's non-opaque tiles) are compressed
+    png_compression: str = "fast"
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
+        if self.png_compression not in PNG_COMPRESSIONS:
+            raise ValueError(
+                f"png_compression must be one of {', '.join(PNG_COMPRESSIONS)}, "
+                f"not {self.png_compression!r}"
+            )
         if not 1 <= self.metatile <= 16:
             raise ValueError("metatile must be between 1 and 16")
         if not 0 <= self.buffer <= 1024:
@@ -85,6 +96,10 @@ class CacheConfig(BaseModel):
     path: str = "cache"
     format: Literal["png", "png8", "jpeg", "mixed"] = "png"
     quality: int = Field(75, ge=1, le=100)
+    #: PNG tiles (format "png", mixed's non-opaque tiles): "fast" (libdeflate level 1, files
+    #: ~3 % larger than Mapnik's), "small" (level 9, ~7 % smaller), "mapnik" (Mapnik's own
+    #: png32, several times slower); docs/encoding.md has the measured trade-offs
+    png_compression: PngCompression = "fast"
     #: Background-only tiles over [render] extent (else the data's extent): "auto" stores them
     #: in a compact cache when the style's background is opaque (one shared copy per bundle,
     #: as ArcGIS serves a tile there); "store" always; "skip" never (clients paint the gap).
@@ -148,6 +163,10 @@ class UpdateConfig(BaseModel):
     #: an update that would delete more than this share of a layer's features stops
     #: (``--allow-mass-delete`` lets it through)
     max_delete_share: float = Field(0.2, ge=0, le=1)
+    #: a file-backed layer whose files are byte for byte those of the last build (same
+    #: sizes and content hashes; docs/detection.md) is neither fingerprinted nor diffed;
+    #: ``false`` (or ``--full-compare``) compares every feature every run
+    trust_unchanged_files: bool = True
 
 
 class ArcGISConfig(BaseModel):
@@ -274,7 +293,13 @@ class ProjectConfig(BaseModel):
 
     def settings(self) -> RenderSettings:
         r, c = self.render, self.cache
-        return RenderSettings(metatile=r.metatile, buffer=r.buffer, fmt=c.format, quality=c.quality)
+        return RenderSettings(
+            metatile=r.metatile,
+            buffer=r.buffer,
+            fmt=c.format,
+            quality=c.quality,
+            png_compression=c.png_compression,
+        )
 
 
 def _finite(x: float) -> bool:

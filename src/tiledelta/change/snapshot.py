@@ -21,10 +21,13 @@ import numpy as np
 
 from tiledelta.change.raster import SCHEMA as RASTER_SCHEMA
 from tiledelta.change.raster import record_raster_files
+from tiledelta.change.unchanged import SCHEMA as INPUTS_SCHEMA
+from tiledelta.change.unchanged import record_inputs, recorded_inputs
 from tiledelta.errors import DiskFull, StateBusy, StateError, TileDeltaError
 from tiledelta.grid import mapnik_scale_denominator
 from tiledelta.project import Project
 from tiledelta.sources import LayerData
+from tiledelta.sources.types import LayerInputs
 from tiledelta.style import visible_levels
 
 SCHEMA = """
@@ -138,7 +141,7 @@ def connect(project: Project, target: str = "local") -> sqlite3.Connection:
     try:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
-        con.executescript(SCHEMA + RASTER_SCHEMA)
+        con.executescript(SCHEMA + RASTER_SCHEMA + INPUTS_SCHEMA)
     except BaseException:
         con.close()
         raise
@@ -193,17 +196,22 @@ def build_signature(project: Project, levels: list[int]) -> dict:
     """What, besides the data, decides every tile's bytes."""
     s = project.settings
     scheme = project.scheme
+    render: dict[str, object] = {
+        "metatile": s.metatile,
+        "buffer": s.buffer,
+        "format": s.fmt,
+        "quality": s.quality,
+        "blank_tiles": project.config.cache.blank_tiles,
+    }
+    # PNG tiles (png8 and JPEG are Mapnik's encoders alone); "mapnik" wrote the bytes of
+    # the versions before the setting, whose signatures lack it: they stay current
+    if s.fmt in ("png", "mixed") and s.png_compression != "mapnik":
+        render["png_compression"] = s.png_compression
     return {
         "format": SNAPSHOT_FORMAT,
         "style": project.style.digest,
         "scheme": scheme.model_dump_json(exclude={"name"}),
-        "render": {
-            "metatile": s.metatile,
-            "buffer": s.buffer,
-            "format": s.fmt,
-            "quality": s.quality,
-            "blank_tiles": project.config.cache.blank_tiles,
-        },
+        "render": render,
         "extent": list(project.extent) if project.extent else None,
         "keys": {lyr.name: project.key_field(lyr.name) for lyr in project.style.layers},
         "levels": levels,
@@ -263,6 +271,7 @@ def record_build(
             ],
         )
         record_raster_files(con, layers)  # raster layers: each file's header and blocks
+        record_inputs(con, layers)  # file-backed layers: what proves them unchanged next time
         con.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig),))
         if clear_journal:
             con.execute("DELETE FROM meta WHERE key='journal'")
@@ -306,6 +315,14 @@ def load_snapshot(project: Project, target: str = "local") -> Snapshot | None:
             keys, fps, bounds = (_read_blob(con, c, rowid) for c in ("keys", "fps", "bounds"))
             snap.layers[name] = LayerSnapshot(keys, fps, bounds)
     return snap
+
+
+def load_layer_inputs(project: Project, target: str = "local") -> dict[str, LayerInputs]:
+    """The inputs the last build recorded per layer (``change/unchanged.py``)."""
+    if not state_db(project, target).exists():
+        return {}
+    with closing(connect(project, target)) as con:
+        return recorded_inputs(con)
 
 
 def measured_speed(project: Project) -> float | None:

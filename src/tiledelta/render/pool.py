@@ -22,9 +22,10 @@ from tiledelta.grid import BUNDLE_PACKET, Bounds, TilingScheme, metatile_tiles
 from tiledelta.plan import TilePlan
 from tiledelta.project import Project
 from tiledelta.render._mapnik import mapnik
+from tiledelta.render.index import BoxIndex, build_indexes
 from tiledelta.render.lifeline import bind_to_parent
 from tiledelta.render.renderer import Renderer
-from tiledelta.render.stats import BlankFill, RunStats, TileResult
+from tiledelta.render.stats import BlankFill, RunStats, Solid, TileResult
 from tiledelta.render.throttle import Throttle
 from tiledelta.sources import LayerData
 from tiledelta.style import Style
@@ -48,7 +49,10 @@ def _init(
     layers: dict[str, LayerData],
     settings,
     parent: int | None = None,
+    index: dict[str, BoxIndex | None] | None = None,
 ) -> None:
+    """Make this process's renderer. ``index`` is the layers' index built by the parent
+    before the pool forked (its pages shared); without it the renderer builds its own."""
     global _renderer
     if parent is not None:  # a worker process: it dies with the run (render/lifeline.py)
         bind_to_parent(parent)
@@ -60,7 +64,7 @@ def _init(
         # would hang the parent's Pool.terminate() for ever.
         signal.signal(signal.SIGTERM, _leave)
     mapnik.clear_cache()
-    _renderer = Renderer(style, scheme, layers, settings)
+    _renderer = Renderer(style, scheme, layers, settings, index=index)
 
 
 def _leave(signum: int, _frame: object) -> None:
@@ -205,6 +209,8 @@ def run_plan(
             else:
                 writes.append((lv, r, c, data))
                 stats.count("written", lv)
+            if isinstance(data, Solid):  # one colour, not the background: counted apart
+                stats.tiles_solid += 1
         if writes:
             if before is not None:
                 before([((lv, r, c), old.get((lv, r, c))) for lv, r, c, _ in writes])
@@ -253,8 +259,12 @@ def run_plan(
         _init(style, scheme, layers, settings)
         consume(_work(t) for t in feed())
         return stats
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    initargs = (style, scheme, layers, settings, os.getpid())
+    fork = "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
+    # Forked workers inherit the parent's index (its arrays are never written, so their
+    # pages stay shared); spawned ones would unpickle it, so they build their own.
+    index = build_indexes(layers) if fork else None
+    initargs = (style, scheme, layers, settings, os.getpid(), index)
     pool = ctx.Pool(nproc, initializer=_init, initargs=initargs)
     try:
         consume(_bounded(pool.imap(_work, feed(), chunksize=1), tasks, timeout))

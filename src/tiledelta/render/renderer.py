@@ -11,15 +11,19 @@ full layer.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+
 import numpy as np
 import pyproj
-import shapely
 
 from tiledelta.config import RenderSettings
 from tiledelta.errors import RenderFailed, StyleError
 from tiledelta.grid import Bounds, TilingScheme, metatile_bounds, query_pad
 from tiledelta.render._mapnik import mapnik
-from tiledelta.render.stats import TileResult
+from tiledelta.render.encode import encode_png, uses_mapnik
+from tiledelta.render.index import BoxIndex, build_indexes
+from tiledelta.render.stats import Solid, TileResult
 from tiledelta.sources import LayerData
 from tiledelta.style import RASTER_TYPES, Style
 
@@ -41,10 +45,12 @@ class Renderer:
         layers: dict[str, LayerData],
         settings: RenderSettings,
         size: tuple[int, int] | None = None,
+        index: Mapping[str, BoxIndex | None] | None = None,
     ) -> None:
+        """``index`` (:func:`~tiledelta.render.index.build_indexes` of ``layers``) is used
+        as given, not rebuilt: the pool builds it once, before its workers fork."""
         self.scheme = scheme
         self.settings = settings
-        self.layers = layers
         meta = settings.metatile
         self.size = size or (meta * scheme.tile_width, meta * scheme.tile_height)
         self.map = mapnik.Map(*self.size)
@@ -69,15 +75,8 @@ class Renderer:
             lyr.name: (lyr.buffer_size if lyr.buffer_size is not None else settings.buffer)
             for lyr in style.layers
         }
-        self._trees = {
-            name: shapely.STRtree(shapely.box(*data.bounds.T)) if len(data) else None
-            for name, data in layers.items()
-        }
-        self._features: dict[str, list] = {name: [None] * len(d) for name, d in layers.items()}
         self._context = mapnik.Context()
-        for data in layers.values():
-            for a in data.attrs:
-                self._context.push(a)
+        self.use_layers(layers, index)
         self._background = self._render_background()
         #: the packed RGBA value of a pixel where nothing is drawn
         self.background = self._background.get_pixel(0, 0)
@@ -106,6 +105,20 @@ class Renderer:
         """One tile of pure background, encoded like every other tile."""
         view = self._background.view(0, 0, self.scheme.tile_width, self.scheme.tile_height)
         return encode(view, self.settings, opaque=(self.background >> 24) & 0xFF == 255)
+
+    def use_layers(
+        self, layers: dict[str, LayerData], index: Mapping[str, BoxIndex | None] | None = None
+    ) -> None:
+        """Draw from ``layers`` from now on, with their ``index`` (built when not given).
+
+        Mapnik features are made from the WKB when a meta-tile first needs them, and kept.
+        """
+        self.layers = layers
+        self._index = dict(index) if index is not None else build_indexes(layers)
+        self._features: dict[str, list] = {name: [None] * len(d) for name, d in layers.items()}
+        for data in layers.values():
+            for a in data.attrs:
+                self._context.push(a)
 
     def _feature(self, name: str, i: int):
         f = self._features[name][i]
@@ -136,12 +149,12 @@ class Renderer:
         """Draw ``b`` (which must fit the image size at ``resolution``) and return the image."""
         for name, lyr in self._mlayers.items():
             ds = mapnik.MemoryDatasource()
-            tree = self._trees.get(name)
-            if tree is not None:
+            index = self._index.get(name)
+            if index is not None:
                 pad = self._buffers.get(name, self.settings.buffer) * resolution + self._slack
-                box = shapely.box(b.xmin - pad, b.ymin - pad, b.xmax + pad, b.ymax + pad)
-                for i in np.sort(tree.query(box)):
-                    ds.add_feature(self._feature(name, int(i)))
+                hits = index.query(b.xmin - pad, b.ymin - pad, b.xmax + pad, b.ymax + pad)
+                for i in hits.tolist():
+                    ds.add_feature(self._feature(name, i))
             lyr.datasource = ds
         self.map.zoom_to_box(mapnik.Box2d(b.xmin, b.ymin, b.xmax, b.ymax))
         im = mapnik.Image(*self.size)
@@ -158,12 +171,13 @@ class Renderer:
         the meta-tile is returned.
         """
         im = self.render_metatile(level, mrow, mcol)
+        if im.premultiplied():  # Mapnik's PNG writer demultiplies too: the same pixels
+            im.demultiply()
         meta = self.settings.metatile
         tw, th = self.scheme.tile_width, self.scheme.tile_height
-        alpha = None
-        if self.settings.fmt == "mixed":
-            w, h = self.size
-            alpha = np.frombuffer(im.to_string(), dtype=np.uint8).reshape(h, w, 4)[..., 3]
+        pixels = None  # the meta-tile's RGBA (one copy of Mapnik's buffer), when needed
+        mixed = self.settings.fmt == "mixed"
+        own_png = encoding(self.settings).startswith("png32+")  # tiledelta's PNG encoder
         out: list[TileResult] = []
         for j in range(meta):
             for i in range(meta):
@@ -172,16 +186,51 @@ class Renderer:
                     continue
                 x, y = i * tw, j * th
                 view = im.view(x, y, tw, th)
-                if view.is_solid() and im.get_pixel(x, y) == self.background:
-                    out.append((level, row, col, None))
+                if view.is_solid():
+                    colour = im.get_pixel(x, y)
+                    data = (
+                        None
+                        if colour == self.background
+                        else solid_tile(view, colour, self.settings)
+                    )
+                    out.append((level, row, col, data))
                     continue
-                opaque = alpha is not None and alpha[y : y + th, x : x + tw].min() == 255
-                out.append((level, row, col, encode(view, self.settings, opaque)))
+                tile = None
+                if own_png or mixed:
+                    if pixels is None:
+                        w, h = self.size
+                        pixels = np.frombuffer(im.to_string(), dtype=np.uint8).reshape(h, w, 4)
+                    tile = pixels[y : y + th, x : x + tw]
+                opaque = mixed and tile is not None and tile[..., 3].min() == 255
+                out.append((level, row, col, encode(view, self.settings, opaque, tile)))
         return out
 
 
-def encode(view, settings: RenderSettings, opaque: bool = False) -> bytes:
-    """Encode a tile (a Mapnik image view) in the configured format.
+#: Solid tiles already encoded in this process: (colour, width, height, encoding) -> bytes
+_SOLID: dict[tuple[int, int, int, str], Solid] = {}
+#: at most this many (a tile of one colour is a few hundred bytes)
+SOLID_CACHE_SIZE = 1024
+_SOLID_LOCK = threading.Lock()
+
+
+def solid_tile(view, colour: int, settings: RenderSettings) -> Solid:
+    """The encoded bytes of ``view``, a tile of one ``colour`` (Mapnik's packed RGBA):
+    encoded the first time a process meets that colour, size and encoding, then shared."""
+    opaque = (colour >> 24) & 0xFF == 255
+    key = (colour, view.width(), view.height(), encoding(settings, opaque))
+    data = _SOLID.get(key)
+    if data is None:
+        data = Solid(encode(view, settings, opaque))
+        with _SOLID_LOCK:  # Dask workers may render in threads
+            if len(_SOLID) >= SOLID_CACHE_SIZE:
+                del _SOLID[next(iter(_SOLID))]  # the oldest
+            data = _SOLID.setdefault(key, data)
+    return data
+
+
+def encoding(settings: RenderSettings, opaque: bool = False) -> str:
+    """The encoding a tile gets, in Mapnik's words: ``png32`` (or ``png32+fast``,
+    tiledelta's encoder at that ``png_compression``), ``png8``, ``jpeg75``.
 
     MIXED gives JPEG for ``opaque`` tiles and PNG for the others.
     """
@@ -189,7 +238,29 @@ def encode(view, settings: RenderSettings, opaque: bool = False) -> bytes:
     if fmt == "mixed":
         fmt = "jpeg" if opaque else "png"
     if fmt == "png":
-        return view.to_string("png32")
+        return (
+            "png32"
+            if uses_mapnik(settings.png_compression)
+            else f"png32+{settings.png_compression}"
+        )
     if fmt == "png8":
-        return view.to_string("png8")
-    return view.to_string(f"jpeg{settings.quality}")
+        return "png8"
+    return f"jpeg{settings.quality}"
+
+
+def encode(
+    view, settings: RenderSettings, opaque: bool = False, pixels: np.ndarray | None = None
+) -> bytes:
+    """Encode a tile (a Mapnik image view) in the configured format.
+
+    MIXED gives JPEG for ``opaque`` tiles and PNG for the others. PNG tiles go through
+    :func:`~tiledelta.render.encode.encode_png` at the ``png_compression`` set (unless
+    that is "mapnik"), from ``pixels`` (the view's RGBA, straight alpha) when given.
+    """
+    enc = encoding(settings, opaque)
+    if enc.startswith("png32+"):
+        if pixels is None:
+            raw = np.frombuffer(view.to_string(), dtype=np.uint8)
+            pixels = raw.reshape(view.height(), view.width(), 4)
+        return encode_png(pixels, settings.png_compression)
+    return view.to_string(enc)

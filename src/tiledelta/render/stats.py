@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 
 from tiledelta.grid import Bounds, TilingScheme, tile_range
 
-#: A rendered tile: (level, row, col, encoded bytes), bytes None for a blank tile.
+
+class Solid(bytes):
+    """The bytes of a rendered tile of one colour that is not the background (inside a
+    large polygon, open water, a forest fill): encoded once per colour per process and
+    shared, and marked so that the writer counts it (:attr:`RunStats.tiles_solid`)."""
+
+    __slots__ = ()
+
+
+#: A rendered tile: (level, row, col, encoded bytes), bytes None for a blank tile
+#: (:class:`Solid` bytes for a tile of one other colour).
 TileResult = tuple[int, int, int, bytes | None]
 
 
@@ -40,7 +50,8 @@ class BlankFill:
 #: extent, dropped levels) and ``blank_stored`` (the shared background-only copy stored
 #: at an address, rendered blank or never rendered). What the run changed in the cache
 #: (``tiles.json``) is ``written + blank_stored + removed``; a seed stores
-#: ``written + blank_stored`` tiles.
+#: ``written + blank_stored`` tiles. ``tiles_solid`` is not a fourth kind: it counts the
+#: written or unchanged tiles of one colour other than the background.
 COUNTS = ("rendered", "written", "unchanged", "blank", "removed", "blank_stored")
 
 
@@ -62,6 +73,9 @@ class RunStats:
     per_level: dict[int, dict[str, int]] = field(default_factory=dict)
     #: seconds the writing process spent storing tiles (the rest of a render stage renders)
     write_seconds: float = 0.0
+    #: rendered tiles of one colour other than the background (written or unchanged ones:
+    #: an extra count, not a fourth kind of tile), each encoded once per colour
+    tiles_solid: int = 0
 
     def count(self, what: str, level: int, n: int = 1) -> None:
         """Add ``n`` to the count ``what`` (one of :data:`COUNTS`) at ``level``."""

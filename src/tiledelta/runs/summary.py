@@ -71,7 +71,14 @@ class RunSummary(BaseModel):
     tiles_removed: int = 0
     tiles_blank: int = 0
     tiles_blank_stored: int = 0
+    #: rendered tiles of one colour other than the background (among the written and
+    #: unchanged ones, not a fourth kind): encoded once per colour, stored once per bundle
+    tiles_solid: int = 0
     seconds: float = 0.0
+    #: seconds per stage, in order: ``startup`` (Python's start to tiledelta's first line),
+    #: ``imports`` and ``load`` (the project and style) of a command line run, which come
+    #: before ``seconds``; then the build's (``read``, ``detect``, ``plan``, ``render``,
+    #: ``write``), ``record``, ``report``, and ``notify`` when ``[notify]`` is set
     stages: dict[str, float] = {}
     changes: dict[str, Any] | None = None
     rebuild: str | None = None

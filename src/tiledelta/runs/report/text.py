@@ -26,7 +26,8 @@ from tiledelta.runs.summary import RunSummary
 def counts_line(summary: dict) -> str:
     """A local run's tile counts in one phrase, in the words of every reader:
     "1,349 tiles rendered: 190 written, 328 unchanged, 831 blank; 44 removed"
-    (rendered = written + unchanged + blank; removed and blank copies stored apart)."""
+    (rendered = written + unchanged + blank; removed and blank copies stored apart; the
+    tiles of one colour other than the background, among the written and unchanged, last)."""
     s = parse_summary(summary)
     if s is None:
         return ""
@@ -40,6 +41,8 @@ def counts_line(summary: dict) -> str:
     )
     if s.tiles_blank_stored:
         text += f", {s.tiles_blank_stored:,} {BLANK_FILLED}"
+    if s.tiles_solid:  # among the written and unchanged: one colour, encoded once
+        text += f"; {s.tiles_solid:,} solid (one colour)"
     return text
 
 
