@@ -16,32 +16,50 @@ from tiledelta.build.blanks import fill_blanks, reconcile_blanks
 from tiledelta.build.context import BuildOutcome, RunContext, Scope
 from tiledelta.build.seed import build_full, check_cache, record_metadata, recover_swap
 from tiledelta.change import Changes, check_mass_delete, detect_changes
+from tiledelta.change.unchanged import observe_layers
 from tiledelta.plan import TilePlan, restrict_plan, update_plan
 from tiledelta.project import Project
 from tiledelta.render import BlankFill, RunStats
 from tiledelta.render.dask_engine import open_engine
 from tiledelta.sources import LayerData, boxes_extent, data_extent
+from tiledelta.sources.files import still_same
 from tiledelta.stores import TileStore, open_project_store
 
 log = logging.getLogger(__name__)
 
 
 def build_update(
-    ctx: RunContext, *, allow_mass_delete: bool = False, scope: Scope | None = None
+    ctx: RunContext,
+    *,
+    allow_mass_delete: bool = False,
+    scope: Scope | None = None,
+    full_compare: bool = False,
 ) -> BuildOutcome:
     """Bring the cache up to date with the data: re-render exactly the dirty meta-tiles,
     with the project's engine (``[render] engine``: local pool or Dask).
 
     With a partial ``scope`` (``--levels``, ``--extent``, ``--aoi``) only the dirty
     meta-tiles in it are re-rendered; the snapshot is not advanced and the journal keeps
-    the whole dirty area, so the next full update does the rest.
+    the whole dirty area, so the next full update does the rest. ``full_compare``
+    fingerprints and diffs every layer, even those whose files are proven unchanged.
     """
     with open_engine(ctx.project, ctx.say) as engine:  # a cluster is checked before any write
-        return _update(ctx, engine, allow_mass_delete=allow_mass_delete, scope=scope or Scope())
+        return _update(
+            ctx,
+            engine,
+            allow_mass_delete=allow_mass_delete,
+            scope=scope or Scope(),
+            full_compare=full_compare,
+        )
 
 
 def _update(
-    ctx: RunContext, engine: Any, *, allow_mass_delete: bool = False, scope: Scope
+    ctx: RunContext,
+    engine: Any,
+    *,
+    allow_mass_delete: bool = False,
+    scope: Scope,
+    full_compare: bool = False,
 ) -> BuildOutcome:
     """Bring the cache up to date with the data: re-render exactly the dirty meta-tiles.
 
@@ -53,9 +71,10 @@ def _update(
     project = ctx.project
     recover_swap(project, ctx.say)
     with ctx.stage("read"):
-        layers = engine.read_layers(project)
+        layers = _read(project, engine)
     with ctx.stage("detect"):
-        changes = detect_changes(project, layers)
+        # Layers whose files are the ones the snapshot was read from are not diffed.
+        changes = detect_changes(project, layers, full_compare=full_compare)
         if not allow_mass_delete:
             check_mass_delete(project, changes, layers)
     if changes.rebuild:
@@ -116,6 +135,21 @@ def _update(
         changed_tiles=stats.changed,
         level_info={lv: {"tiles": stats.planned.get(lv, 0)} for lv in project.levels},
     )
+
+
+def _read(project: Project, engine: Any) -> dict[str, LayerData]:
+    """Every layer, with what proves its files unchanged next time: the local reader
+    hashes each file before reading it; for an engine that reads elsewhere (Dask), the
+    files are hashed here first and the proof kept when none was written meanwhile."""
+    trust = project.config.update.trust_unchanged_files
+    before = observe_layers(project) if trust else {}
+    layers = engine.read_layers(project)
+    for src in project.style.layers:
+        data = layers.get(src.name)
+        seen = before.get(src.name)
+        if data is not None and data.inputs is None and seen and still_same(src, seen):
+            data.inputs = seen
+    return layers
 
 
 def _render(

@@ -14,10 +14,18 @@ import numpy as np
 
 from tiledelta.change.diff import LayerChange, diff_layer
 from tiledelta.change.journal import read_journal
-from tiledelta.change.snapshot import LayerSnapshot, Snapshot, build_signature, load_snapshot
+from tiledelta.change.snapshot import (
+    LayerSnapshot,
+    Snapshot,
+    build_signature,
+    load_layer_inputs,
+    load_snapshot,
+)
+from tiledelta.change.unchanged import proven_unchanged
 from tiledelta.errors import MassDeleteError, SourceError
 from tiledelta.project import Project
 from tiledelta.sources import LayerData, display_path, read_layers
+from tiledelta.sources.types import LayerInputs
 
 #: A layer losing fewer features than this is never a mass deletion, whatever the share.
 MASS_DELETE_FLOOR = 10
@@ -47,6 +55,8 @@ class Changes:
     snapshot: dict[str, LayerSnapshot] = field(default_factory=dict, repr=False)
     #: layers whose own style changed (a Pro map's renderer or labels), or were added/removed
     restyled: dict[str, Restyled] = field(default_factory=dict)
+    #: layers proven unchanged by their files (neither fingerprinted nor diffed)
+    unchanged_files: list[str] = field(default_factory=list)
 
     @property
     def any(self) -> bool:
@@ -67,7 +77,7 @@ class Changes:
             "dropped_levels": self.dropped_levels,
             "unfinished_run": bool(self.journal),
             "restyled": sorted(self.restyled),
-        }
+        } | ({"unchanged_files": self.unchanged_files} if self.unchanged_files else {})
 
     def change_boxes(self) -> dict[str, np.ndarray]:
         """Per layer, where changed or reordered features were and are (without the journal)."""
@@ -88,12 +98,41 @@ class Changes:
 
 
 def detect_changes(
-    project: Project, layers: dict[str, LayerData] | None = None, *, target: str = "local"
+    project: Project,
+    layers: dict[str, LayerData] | None = None,
+    *,
+    target: str = "local",
+    full_compare: bool = False,
 ) -> Changes:
     """Compare the current data (and configuration) with the last build's snapshot.
 
-    ``target`` names whose snapshot: the local cache, or a server ("arcgis").
+    ``target`` names whose snapshot: the local cache, or a server ("arcgis"). A
+    file-backed layer whose files hold the bytes the last build read (``[update]
+    trust_unchanged_files``, :mod:`tiledelta.change.unchanged`) is neither fingerprinted
+    nor diffed, and when every layer is so and nothing else is due, nothing is read
+    (``layers`` None); ``full_compare`` compares every feature regardless.
     """
+    ch = _detect(project, layers, target=target, full_compare=full_compare, may_read=True)
+    assert ch is not None
+    return ch
+
+
+def changes_without_reading(
+    project: Project, *, target: str = "local", full_compare: bool = False
+) -> Changes | None:
+    """The changes when they can be told without reading any layer (a rebuild is due, or
+    every layer is proven unchanged); None when the data must be read."""
+    return _detect(project, None, target=target, full_compare=full_compare, may_read=False)
+
+
+def _detect(
+    project: Project,
+    layers: dict[str, LayerData] | None,
+    *,
+    target: str,
+    full_compare: bool,
+    may_read: bool,
+) -> Changes | None:
     snap = load_snapshot(project, target)
     if snap is None:
         return Changes(rebuild="no build yet")
@@ -120,8 +159,29 @@ def detect_changes(
         return ch
     ch.new_levels = sorted(set(levels) - set(old.get("levels", [])))
     ch.dropped_levels = sorted(set(old.get("levels", [])) - set(levels))
-    layers = layers if layers is not None else read_layers(project)
+    proven: dict[str, LayerInputs] = {}
+    recorded: dict[str, LayerInputs] = {}
+    if not full_compare:
+        recorded = {n: i for n, i in load_layer_inputs(project, target).items() if n in snap.layers}
+        proven = proven_unchanged(project, recorded, layers)
+    ch.unchanged_files = sorted(proven)
+    names = [src.name for src in project.style.layers]
+    if layers is None and all(n in proven for n in names):
+        ch.restyled = _restyled(old.get("layer_styles") or {}, sig["layer_styles"], snap, {})
+        if not ch.restyled:  # every layer is the snapshot's: nothing is read
+            ch.layers = {n: LayerChange() for n in names}
+            return ch
+    if not may_read:
+        return None
+    if layers is None:
+        layers = read_layers(project)
+        # What was read is what counts: each layer's own proof (hashed before its read).
+        proven = proven_unchanged(project, recorded, layers) if recorded else {}
+        ch.unchanged_files = sorted(proven)
     for name, data in layers.items():
+        if name in proven:  # the same bytes, read the same way: the snapshot's features
+            ch.layers[name] = LayerChange()
+            continue
         # Match by key only when both snapshots hold the same kind of key.
         keyed = (
             data.keyed

@@ -17,7 +17,7 @@ import time
 
 from tiledelta.grid import Bounds
 from tiledelta.project import Project
-from tiledelta.sources import gdal, postgis
+from tiledelta.sources import files, gdal, postgis
 from tiledelta.sources.gdal import describe, list_layers
 from tiledelta.sources.raster import RasterLayerData, check_raster_buffer, read_raster_layer
 from tiledelta.sources.types import (
@@ -42,6 +42,7 @@ __all__ = [
     "list_layers",
     "read_layer",
     "read_layers",
+    "read_project_layer",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,19 @@ def display_path(src: LayerSource) -> str:
     return gdal.shown(src.path)
 
 
+def read_project_layer(project: Project, src: LayerSource) -> LayerData:
+    """One vector layer of ``project``, with what it was read from (``inputs``): its files
+    hashed before the read and found unwritten after it (``sources.files``), when
+    ``[update] trust_unchanged_files`` is on and the dataset's files can be told."""
+    crs, key, valid = project.scheme.crs, project.key_field(src.name), project.scheme.extent
+    trust = project.config.update.trust_unchanged_files
+    inputs = files.observe(src, crs, key, valid) if trust else None
+    data = read_layer(src, crs, key, valid)
+    if inputs is not None and files.still_same(src, inputs):
+        data.inputs = inputs
+    return data
+
+
 def read_layers(project: Project) -> dict[str, LayerData]:
     """Every style layer's features, in scheme CRS and stable order."""
     out: dict[str, LayerData] = {}
@@ -85,9 +99,7 @@ def read_layers(project: Project) -> dict[str, LayerData]:
                 state=project.state_dir / "state.sqlite",
             )
         else:
-            out[src.name] = read_layer(
-                src, project.scheme.crs, project.key_field(src.name), project.scheme.extent
-            )
+            out[src.name] = read_project_layer(project, src)
         log.info(
             "read %s: %d features in %.2f s", src.name, len(out[src.name]), time.perf_counter() - t
         )

@@ -7,6 +7,7 @@ sees it: empty geometries dropped, reprojected to the scheme CRS, boxed and fing
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +23,55 @@ from tiledelta.grid import Bounds
 from tiledelta.style import LayerSource
 
 log = logging.getLogger(__name__)
+
+
+#: The hash of a dataset's files (``sources.files``): SHA-256, which CPUs with SHA
+#: instructions (most x86-64 and ARMv8 since ~2017) compute faster than BLAKE2b.
+HASH = "sha256"
+
+
+@dataclass(frozen=True)
+class FileState:
+    """One file of a dataset when it was hashed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    digest: str
+    ctime_ns: int = 0
+    ino: int = 0
+
+    def stat_key(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.ino)
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """What a layer was read from: its read signature and every file's state."""
+
+    signature: str  # sha256 of how the layer is read (see read_signature)
+    files: tuple[FileState, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "signature": self.signature,
+                "hash": HASH,
+                "files": [[f.path, f.size, f.mtime_ns, f.digest] for f in self.files],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> LayerInputs | None:
+        """The recorded inputs, or None when they were written another way."""
+        try:
+            d = json.loads(text)
+            if d.get("hash") != HASH:
+                return None
+            files = tuple(FileState(str(p), int(s), int(m), str(h)) for p, s, m, h in d["files"])
+            return cls(str(d["signature"]), files)
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 @dataclass
@@ -40,6 +90,9 @@ class LayerData:
     #: GDAL feature ids of the rows (file readers; None otherwise): a build from before a
     #: key was set matched rows by them (``change.detect``)
     fids: np.ndarray | None = None
+    #: what the layer was read from (file-backed layers; ``sources.files``): recorded with
+    #: the snapshot, it lets the next detection skip the layer while its files are the same
+    inputs: LayerInputs | None = None
 
     def __len__(self) -> int:
         return len(self.wkb)
