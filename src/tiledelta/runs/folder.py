@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -110,17 +111,25 @@ BEFORE_FILE = "before.sqlite"
 
 
 class BeforeTiles:
-    """Collects the tiles an update replaces, into a SQLite file moved into the run folder."""
+    """Collects the tiles an update replaces, into a SQLite file moved into the run folder.
+
+    The pending file is scratch until the run ends (a run that dies leaves it to be
+    discarded by the next), so it is written in one transaction without a rollback
+    journal or syncs; :meth:`move_to` commits, fsyncs the file once and renames it.
+    """
 
     def __init__(self, project: Project) -> None:
         project.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = project.state_dir / ("pending-" + BEFORE_FILE)
         self.path.unlink(missing_ok=True)
         self._con = sqlite3.connect(self.path)
+        self._con.execute("PRAGMA journal_mode=OFF")
+        self._con.execute("PRAGMA synchronous=OFF")
         self._con.execute(
             "CREATE TABLE tiles (level INTEGER, row INTEGER, col INTEGER, data BLOB, "
             "PRIMARY KEY (level, row, col))"
         )
+        self._con.commit()
         self.bytes = 0
         self.complete = True
 
@@ -130,14 +139,20 @@ class BeforeTiles:
             self.complete = False
             return
         self.bytes += size
-        with self._con:
-            self._con.executemany(
-                "INSERT OR IGNORE INTO tiles VALUES (?, ?, ?, ?)",
-                [(lv, r, c, d) for (lv, r, c), d in items],
-            )
+        # one open transaction for the run (committed by move_to): no commit per call
+        self._con.executemany(
+            "INSERT OR IGNORE INTO tiles VALUES (?, ?, ?, ?)",
+            [(lv, r, c, d) for (lv, r, c), d in items],
+        )
 
     def move_to(self, folder: Path) -> None:
+        self._con.commit()
         self._con.close()
+        fd = os.open(self.path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.path.replace(folder / BEFORE_FILE)
 
     def discard(self) -> None:

@@ -3,13 +3,13 @@
 A bundle holds up to 128×128 tiles: a 64-byte header, an index of 16384
 8-byte records (``offset | size << 40``, row-major, size 0 = no tile), then
 the tile bytes, each preceded by its 4-byte little-endian length. Bundles are
-rewritten whole (temp file, fsync, rename), so readers never see a torn one.
+rewritten whole (temp file, fsync, rename), so readers never see a torn one; one
+``put_many`` writes all its bundles' temp files, syncs them, then renames them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from tiledelta.errors import CacheError
+from tiledelta.errors import CacheError, os_error
 from tiledelta.grid import (
     BUNDLE_PACKET,
     Bounds,
@@ -46,6 +46,7 @@ from tiledelta.stores.base import (
     confined,
     fsync_dir,
     mismatch_error,
+    open_temp,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ MAX_TILE_SIZE = MAX_TILE_BYTES  # 3 bytes of size in an index record
 OFFSET_MASK = (1 << 40) - 1
 _BUNDLE_RE = re.compile(r"^R([0-9a-fA-F]{4,})C([0-9a-fA-F]{4,})\.bundle$")
 _LEVEL_RE = re.compile(r"^L(\d{2,})$")
+#: Bundles a ``put_many`` stages (open temp files) before it syncs and renames them.
+SYNC_BATCH = 64
 
 
 # --------------------------------------------------------------------- bundles
@@ -93,30 +96,29 @@ def build_bundle(tiles: Mapping[int, bytes]) -> bytes:
     """A complete V2 bundle from {row-major position: tile bytes}; equal tiles stored once."""
     index = np.zeros(RECORDS, dtype="<u8")
     chunks: list[bytes] = []
-    seen: dict[bytes, list[tuple[bytes, int]]] = {}
-    same_object: dict[int, int] = {}  # id(bytes) -> offset: shared copies skip the hashing
+    # tile bytes -> its record; a dict of bytes compares contents on equal hashes (and a
+    # bytes object caches its hash, so shared copies cost nothing)
+    seen: dict[bytes, int] = {}
+    order = sorted(tiles)
+    records: list[int] = []
     pos = DATA_START
     max_size = 0
-    for i in sorted(tiles):
+    for i in order:
         data = tiles[i]
-        size = len(data)
-        offset = same_object.get(id(data))
-        if offset is not None:
-            index[i] = offset | (size << 40)
-            continue
-        if not 0 < size <= MAX_TILE_SIZE:
-            raise CacheError(f"tile of {size} bytes cannot be stored in a bundle (1..16 MiB)")
-        key = hashlib.blake2b(data, digest_size=16).digest()
-        offset = next((off for d, off in seen.get(key, ()) if d == data), None)
-        if offset is None:
+        rec = seen.get(data)
+        if rec is None:
+            size = len(data)
+            if not 0 < size <= MAX_TILE_SIZE:
+                raise CacheError(f"tile of {size} bytes cannot be stored in a bundle (1..16 MiB)")
             offset = pos + 4
             chunks.append(struct.pack("<I", size))
             chunks.append(data)
             pos = offset + size
-            seen.setdefault(key, []).append((data, offset))
-        same_object[id(data)] = offset
-        index[i] = offset | (size << 40)
-        max_size = max(max_size, size)
+            rec = seen[data] = offset | (size << 40)
+            max_size = max(max_size, size)
+        records.append(rec)
+    if order:
+        index[np.array(order, dtype=np.intp)] = np.array(records, dtype="<u8")
     if pos > OFFSET_MASK:
         raise CacheError("bundle would exceed the 1 TiB offset limit")
     header = HEADER.pack(
@@ -128,15 +130,18 @@ def build_bundle(tiles: Mapping[int, bytes]) -> bytes:
 def read_bundle_tiles(fh: BinaryIO, source: str) -> dict[int, bytes]:
     """Every tile of an open bundle as {row-major position: bytes} (shared copies read once)."""
     fh.seek(0)
-    index = parse_bundle_index(fh.read(DATA_START), source)
+    whole = fh.read()  # one read: a bundle is rewritten whole anyway
+    index = parse_bundle_index(whole[:DATA_START], source)
     out: dict[int, bytes] = {}
     by_rec: dict[int, bytes] = {}
-    for pos in np.flatnonzero(index >> np.uint64(40)).tolist():
-        rec = int(index[pos])
+    used = np.flatnonzero(index >> np.uint64(40))
+    for pos, rec in zip(used.tolist(), index[used].tolist(), strict=True):
         data = by_rec.get(rec)
         if data is None:
-            data = read_record(fh, index, pos, source)
-            assert data is not None
+            start, size = rec & OFFSET_MASK, rec >> 40
+            data = whole[start : start + size]
+            if len(data) != size:
+                raise CacheError(f"{source}: tile record {pos} points past the end of the bundle")
             by_rec[rec] = data
         out[pos] = data
     return out
@@ -406,12 +411,75 @@ class CompactCache(TileStore):
             pos = record_index(row, col)
             groups.setdefault(self.bundle_path(level, row, col), {})[pos] = data
         changed = 0
+        items = list(groups.items())
         with self._lock:
-            for bundle, updates in groups.items():
-                changed += self._rewrite_bundle(bundle, updates)
+            for i in range(0, len(items), SYNC_BATCH):
+                changed += self._rewrite_bundles(items[i : i + SYNC_BATCH])
         return changed
 
-    def _rewrite_bundle(self, bundle: Path, updates: dict[int, bytes | None]) -> int:
+    def _rewrite_bundles(self, items: list[tuple[Path, dict[int, bytes | None]]]) -> int:
+        """Rewrite bundles whole, atomically each: every new bundle goes to a temp file
+        beside it, the temp files are fsynced, then renamed over the bundles, then each
+        folder is fsynced once. A crash leaves each bundle old or new, never torn (a kill
+        between two renames: some old, some new, which an update's journal re-plans)."""
+        staged: list[tuple[int, str, Path]] = []  # (open fd or -1, temp, bundle)
+        gone: list[Path] = []
+        changed = 0
+        dirs: set[Path] = set()
+        at = items[0][0] if items else self.path  # what an error names
+        try:
+            for bundle, updates in items:
+                at = bundle
+                n, data = self._updated_bundle(bundle, updates)
+                changed += n
+                if data is None:
+                    continue
+                dirs.add(bundle.parent)
+                if not data:
+                    gone.append(bundle)
+                    continue
+                bundle.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = open_temp(bundle)
+                staged.append((fd, tmp, bundle))
+                with memoryview(data) as view:
+                    done = 0
+                    while done < len(view):
+                        done += os.write(fd, view[done:])
+            # Syncs after every write: the disk takes them together, not one by one.
+            for k, (fd, tmp, bundle) in enumerate(staged):
+                at = bundle
+                os.fsync(fd)
+                os.close(fd)
+                staged[k] = (-1, tmp, bundle)
+            while staged:
+                _fd, tmp, bundle = staged[0]
+                at = bundle
+                self._index_cache.pop(bundle, None)
+                os.replace(tmp, bundle)
+                staged.pop(0)
+            for bundle in gone:
+                at = bundle
+                self._index_cache.pop(bundle, None)
+                bundle.unlink()
+        except BaseException as exc:
+            for fd, tmp, _bundle in staged:
+                with contextlib.suppress(OSError):
+                    if fd >= 0:
+                        os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise os_error(exc, at) from exc
+            raise
+        for d in sorted(dirs):
+            fsync_dir(d)
+        return changed
+
+    def _updated_bundle(
+        self, bundle: Path, updates: dict[int, bytes | None]
+    ) -> tuple[int, bytes | None]:
+        """(tiles changed, the bundle's new bytes): ``b""`` when it is left empty (to be
+        removed), None when there is nothing to write (no bundle, none to add)."""
         fh = self._open_bundle(bundle)
         current: dict[int, bytes] = {}
         if fh is not None:
@@ -425,12 +493,5 @@ class CompactCache(TileStore):
                 current[pos] = data
                 changed += 1
         if fh is None and not current:
-            return changed
-        self._index_cache.pop(bundle, None)
-        if not current:
-            bundle.unlink()
-            fsync_dir(bundle.parent)
-            return changed
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(bundle, build_bundle(current))
-        return changed
+            return changed, None
+        return changed, build_bundle(current) if current else b""

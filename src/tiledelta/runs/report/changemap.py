@@ -1,7 +1,10 @@
 """The change map (``changemap.png``): the map of a run's area with its changes over it.
 
-The map itself is drawn by Mapnik from the project's style, as the tiles are, over the
-area of the run's changes; over it:
+The map itself is the cache's own tiles over the area of the run's changes, stitched at
+the level whose resolution is nearest the map's (at least as fine) and resampled
+(:func:`cache_base`): it costs what the change costs, not what the data holds. Where there
+is no readable local cache (a server-side run, a cache not written yet) it is drawn by
+Mapnik from the project's style over every feature, as before. Over it:
 
 - the current geometry of every added or modified feature, outlined in magenta;
 - the box where every deleted or modified feature was, dashed in orange;
@@ -19,25 +22,33 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pyproj
 import shapely
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageColor, ImageDraw, ImageFont, PngImagePlugin
 
-from tiledelta.grid import Bounds, tile_bounds
+from tiledelta.errors import CacheError
+from tiledelta.grid import Bounds, grid_size, tile_bounds
 from tiledelta.project import Project
 from tiledelta.runs.report.facts import CHANGED_WORDS, parse_summary, rebuild_reason, run_kind
 from tiledelta.runs.report.find import read_json, tiles_per_level
 from tiledelta.sources import LayerData, data_extent, read_layers
+from tiledelta.stores import open_project_store
+
+log = logging.getLogger(__name__)
 
 MAP_SIZE = (800, 560)
 #: Extra room around the changes' extent, on each side (fraction of its size).
 PAD = 0.2
 #: The finest level whose changed tiles number at most this many has its tiles drawn.
 MAX_TILES_DRAWN = 400
+#: At most this many cache tiles are read for the map's base (else Mapnik draws it).
+MAX_BASE_TILES = 2048
 
 COLOR_NEW = (230, 0, 126, 255)  # magenta: added / modified features, as they are now
 COLOR_OLD = (255, 136, 0, 255)  # orange, dashed: where deleted / modified features were
@@ -104,12 +115,76 @@ def choose_level(project: Project, tiles: dict[str, list], limit: int = MAX_TILE
     return max(fits) if fits else None
 
 
-def _render_base(project, layers, frame: Bounds, res: float, size) -> bytes:
+def _render_base(project, layers, frame: Bounds, res: float, size) -> Image.Image:
+    """The map drawn by Mapnik over every feature (where the cache cannot give it)."""
     # Drawing the map needs Mapnik, an optional dependency: imported only here.
     from tiledelta.render.renderer import Renderer
 
     r = Renderer(project.style, project.scheme, layers, project.settings, size=size)
-    return r.render_bounds(frame, res).to_string("png32")
+    png = r.render_bounds(frame, res).to_string("png32")
+    return Image.open(io.BytesIO(png)).convert("RGBA")
+
+
+def background_color(project: Project) -> tuple[int, int, int, int]:
+    """The style's background colour (transparent when it has none or it is unreadable)."""
+    try:
+        text = ET.fromstring(project.style.xml_without_datasources).get("background-color")
+        if text:
+            got = ImageColor.getcolor(text.strip(), "RGBA")
+            return got if isinstance(got, tuple) else (got, got, got, 255)  # type: ignore[return-value]
+    except (ET.ParseError, ValueError):
+        pass
+    return (0, 0, 0, 0)
+
+
+def base_level(project: Project, res: float) -> int:
+    """The level the map's base is stitched at: the coarsest whose resolution is at least
+    as fine as ``res`` (the finest level when none is)."""
+    levels = sorted(project.levels)
+    fine = [lv for lv in levels if project.scheme.resolution(lv) <= res * (1 + 1e-9)]
+    return fine[0] if fine else levels[-1]
+
+
+def cache_base(project: Project, frame: Bounds, res: float, size) -> Image.Image | None:
+    """The map's base from the cache's tiles at :func:`base_level`, resampled to ``size``
+    over ``frame``; missing tiles are the style's background. None when the project has
+    no readable cache, or the frame would need more than :data:`MAX_BASE_TILES` tiles."""
+    scheme = project.scheme
+    level = base_level(project, res)
+    lres = scheme.resolution(level)
+    tw, th = scheme.tile_width, scheme.tile_height
+    c0 = math.floor((frame.xmin - scheme.origin_x) / (tw * lres))
+    c1 = math.ceil((frame.xmax - scheme.origin_x) / (tw * lres)) - 1
+    r0 = math.floor((scheme.origin_y - frame.ymax) / (th * lres))
+    r1 = math.ceil((scheme.origin_y - frame.ymin) / (th * lres)) - 1
+    if (c1 - c0 + 1) * (r1 - r0 + 1) > MAX_BASE_TILES:
+        return None
+    grid = grid_size(scheme, level)
+    rows = range(max(r0, 0), (r1 if grid is None else min(r1, grid[0] - 1)) + 1)
+    cols = range(max(c0, 0), (c1 if grid is None else min(c1, grid[1] - 1)) + 1)
+    try:
+        with open_project_store(project, readonly=True) as store:
+            found = store.get_many([(level, r, c) for r in rows for c in cols])
+    except CacheError as exc:
+        log.debug("change map drawn by Mapnik: %s", exc)
+        return None
+    # Tiles shrunk by a whole factor first, so the mosaic stays near the map's size.
+    k = max(1, 2 ** math.floor(math.log2(max(res / lres, 1.0))))
+    while k > 1 and (tw % k or th % k):
+        k //= 2
+    sw, sh = tw // k, th // k
+    mosaic = Image.new("RGBA", ((c1 - c0 + 1) * sw, (r1 - r0 + 1) * sh), background_color(project))
+    for (_lv, r, c), data in found.items():
+        with Image.open(io.BytesIO(data)) as tile:
+            im = tile.convert("RGBA")
+        if k > 1:
+            im = im.reduce(k)
+        mosaic.paste(im, ((c - c0) * sw, (r - r0) * sh))
+    px = lres * k  # map units per mosaic pixel
+    left = (frame.xmin - (scheme.origin_x + c0 * tw * lres)) / px
+    top = ((scheme.origin_y - r0 * th * lres) - frame.ymax) / px
+    box = (left, top, left + (frame.xmax - frame.xmin) / px, top + (frame.ymax - frame.ymin) / px)
+    return mosaic.resize(tuple(size), Image.Resampling.BILINEAR, box=box)
 
 
 def _dashed(draw, pts: list[tuple[float, float]], fill, width: int, dash=7.0, gap=5.0) -> None:
@@ -224,14 +299,13 @@ def render_changemap(
         summary = read_json(folder / "summary.json") or {}
     changes = read_changes(project, folder)
     tiles = tiles_per_level(read_json(folder / "tiles.json"))
-    if layers is None or any(w is None for d in layers.values() for w in d.wkb):
-        # The Dask engine's layers hold no geometry (docs/dask.md): read them here.
-        layers = read_layers(project)
     info: dict = {"size": list(size), "crs": project.scheme.crs}
     if changes:
         frame, res = change_frame(project, [g for _l, _c, g in changes], size)
         note = None
     else:
+        if layers is None:
+            layers = read_layers(project)
         extent = data_extent(layers) or project.scheme.extent
         if extent is None:
             extent = Bounds(-1.0, -1.0, 1.0, 1.0)
@@ -246,7 +320,15 @@ def render_changemap(
         note = _note(summary)
     info.update(bounds=list(frame), resolution=res, note=note)
 
-    base = Image.open(io.BytesIO(_render_base(project, layers, frame, res, size))).convert("RGBA")
+    # The local cache's own tiles; a server-side run's folder (runs-<target>/) is not
+    # about the local cache, so its map is drawn.
+    base = cache_base(project, frame, res, size) if folder.parent.name == "runs" else None
+    info["base"] = "cache" if base is not None else "mapnik"
+    if base is None:
+        if layers is None or any(w is None for d in layers.values() for w in d.wkb):
+            # The Dask engine's layers hold no geometry (docs/dask.md): read them here.
+            layers = read_layers(project)
+        base = _render_base(project, layers, frame, res, size)
     over = Image.new("RGBA", size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(over)
 
