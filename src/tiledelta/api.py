@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,15 @@ from tiledelta.build.seed import plan_seed
 from tiledelta.build.update import plan_update
 from tiledelta.change import detect_changes, measured_speed, write_aoi
 from tiledelta.change.aoi import extent_area, read_aoi
+from tiledelta.change.detect import Changes, changes_without_reading
+from tiledelta.change.unchanged import UNCHANGED_FILES
 from tiledelta.config import LayerConfig, parse_config
 from tiledelta.errors import ConfigError, TileDeltaError, UsageError
 from tiledelta.grid import select_levels
 from tiledelta.plan import TilePlan, full_plan, update_plan
 from tiledelta.project import PROJECT_FILE, Project
-from tiledelta.publish.arcgis.cache import plan_server, update_server
-from tiledelta.publish.arcgis.patch import update_via_package
-from tiledelta.publish.arcgis.publish import publish, upload_package
-from tiledelta.publish.package import write_tpkx
 from tiledelta.render import mapnik_installed, require_mapnik
-from tiledelta.runs import run
-from tiledelta.runs.report import counts_line
+from tiledelta.runs import RunSummary, run
 from tiledelta.sources import describe, display_path, list_layers, read_layers
 from tiledelta.sources.keys import find_key_field
 from tiledelta.stores import open_project_store
@@ -81,18 +79,23 @@ def seed(
     say: Callable[[str], None] | None = None,
     scope: Scope | None = None,
     restart: bool = False,
+    stages: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Build the whole cache anew and record the snapshot; return the run summary.
 
     An interrupted seed of the same plan is resumed unless ``restart``. With a partial
     ``scope`` (:func:`run_scope`) only those meta-tiles are re-rendered, into the existing
     cache, and the snapshot stays. ``say`` receives the run's remarks (resuming, the Dask
-    engine's cluster and dashboard).
+    engine's cluster and dashboard). ``stages``: times paid before the call (the command
+    line's ``startup``, ``imports``, ``load``), put first in the summary's stages.
     """
     require_mapnik()  # one line naming the render extra, before anything is written
     kw: dict[str, Any] = {"say": say} if say else {}
     build = functools.partial(build_full, scope=scope, restart=restart)
-    return run(project, build, name="seed", progress=progress, notify=notify, **kw).as_json()
+    summary = run(
+        project, build, name="seed", progress=progress, notify=notify, stages=stages, **kw
+    )
+    return summary.as_json()
 
 
 def update(
@@ -103,21 +106,56 @@ def update(
     allow_mass_delete: bool = False,
     say: Callable[[str], None] | None = None,
     scope: Scope | None = None,
+    stages: dict[str, float] | None = None,
+    full_compare: bool = False,
 ) -> dict[str, Any]:
     """Bring the cache up to date with the data; return the run summary (``--json``).
 
     ``allow_mass_delete`` lets through an update that deletes more of a layer than
     ``max_delete_share`` (:class:`~tiledelta.errors.MassDeleteError` otherwise). With a
     partial ``scope`` only the dirty meta-tiles there are re-rendered; the snapshot and
-    the journal keep the rest pending.
+    the journal keep the rest pending. ``stages`` as in :func:`seed`.
+
+    When every layer's files are proven unchanged since the last build and nothing else
+    is due (docs/detection.md), nothing is read, locked or recorded: the summary says
+    ``nothing_to_do``. ``full_compare`` reads, fingerprints and diffs every layer.
     """
     require_mapnik()  # one line naming the render extra, before anything is written
-    build = functools.partial(build_update, allow_mass_delete=allow_mass_delete, scope=scope)
+    if not full_compare and (scope is None or not scope.partial):
+        t0 = time.perf_counter()
+        quick = changes_without_reading(project)
+        if quick is not None and not quick.any:
+            return _nothing_to_do(project, quick, time.perf_counter() - t0, stages)
+    build = functools.partial(
+        build_update, allow_mass_delete=allow_mass_delete, scope=scope, full_compare=full_compare
+    )
     kw: dict[str, Any] = {"say": say} if say else {}
     summary = run(
-        project, build, name="update", progress=progress, notify=notify, keep_before=True, **kw
+        project,
+        build,
+        name="update",
+        progress=progress,
+        notify=notify,
+        keep_before=True,
+        stages=stages,
+        **kw,
     )
     return summary.as_json()
+
+
+def _nothing_to_do(
+    project: Project, changes: Changes, seconds: float, stages: dict[str, float] | None
+) -> dict[str, Any]:
+    """The summary of an update that found, without reading the data, nothing to do."""
+    summary = RunSummary(
+        kind="update",
+        cache=str(project.cache_path),
+        cache_kind=project.config.cache.kind,
+        seconds=round(seconds, 3),
+        stages={**(stages or {}), "detect": round(seconds, 3)},
+        changes=changes.as_dict(),
+    )
+    return summary.as_json() | {"nothing_to_do": True}
 
 
 def with_processes(project: Project, processes: int | None) -> Project:
@@ -545,6 +583,8 @@ def run_demo(
     )
     # Roads carry a stable id: a renamed or moved road is reported as "modified".
     Project.load(directory).updated(layers={"roads": LayerConfig(key="road_id")}).save()
+    from tiledelta.runs.report import counts_line
+
     project = load_project(directory)
     full = seed(project, progress=progress)
     say(
@@ -604,6 +644,8 @@ def plan_summary(project: Project, aoi: Path | None = None, target: str = "local
     is sent).
     """
     if target == "arcgis":
+        from tiledelta.publish.arcgis.cache import plan_server  # the server's HTTP client
+
         return plan_server(project, aoi=aoi)
     layers = read_layers(project)
     changes = detect_changes(project, layers)
@@ -637,18 +679,21 @@ def _estimate(project: Project, metatiles: int) -> float | None:
     return round(metatiles / speed, 1) if speed else None
 
 
-def changes_summary(project: Project, target: str = "local") -> dict:
-    """What changed since the last build (as ``tiledelta status --json`` prints)."""
-    return detect_changes(project, target=target).as_dict()
+def changes_summary(project: Project, target: str = "local", *, full_compare: bool = False) -> dict:
+    """What changed since the last build (as ``tiledelta status --json`` prints); layers
+    whose files are proven unchanged are not read (``full_compare``: every one is)."""
+    return detect_changes(project, target=target, full_compare=full_compare).as_dict()
 
 
 def describe_changes(changes: dict) -> list[str]:
     """Human lines for a changes summary."""
     if changes["rebuild"]:
         return [f"full rebuild needed: {changes['rebuild']}"]
+    proven = set(changes.get("unchanged_files", []))
     lines = [
         f"{name}: {c['added']} added, {c['modified']} modified, {c['deleted']} deleted"
         + (f", {c['reordered']} moved in the draw order" if c.get("reordered") else "")
+        + (f"; {UNCHANGED_FILES}" if name in proven else "")
         for name, c in changes["layers"].items()
     ]
     if changes["new_levels"]:
@@ -662,6 +707,18 @@ def describe_changes(changes: dict) -> list[str]:
             f"{name}: its symbology, labels or scale range changed in the map, or the layer "
             "was added or removed (its levels are rebuilt)"
         )
+    idle = not (
+        any(
+            c["added"] or c["modified"] or c["deleted"] or c.get("reordered")
+            for c in changes["layers"].values()
+        )
+        or changes["new_levels"]
+        or changes["dropped_levels"]
+        or changes["unfinished_run"]
+        or changes.get("restyled")
+    )
+    if proven and idle:
+        lines.append("nothing to do")
     return lines
 
 
@@ -680,6 +737,10 @@ def run_update(
     With ``target="arcgis"``, ``via="render"`` has the server redraw the changed area;
     ``via="package"`` renders locally and imports the changed tiles as a tile package.
     """
+    # ArcGIS Server's client (httpx) is imported by the runs that talk to a server only.
+    from tiledelta.publish.arcgis.cache import update_server
+    from tiledelta.publish.arcgis.patch import update_via_package
+
     if target == "arcgis" and via == "package":
         if mark_current:
             raise ConfigError("--mark-current goes with --via render, not --via package")
@@ -710,6 +771,9 @@ def make_package(
             "item [arcgis] item_id with a partial one; patch the service with "
             "'tiledelta update --target arcgis --via package' instead"
         )
+    from tiledelta.publish.arcgis.publish import upload_package
+    from tiledelta.publish.package import write_tpkx
+
     try:
         chosen = select_levels(project.scheme, levels) if levels else None
     except TileDeltaError as exc:
@@ -724,6 +788,8 @@ def publish_service(
     project: Project, *, say: Callable[[str], None] = print, update_cache: bool = True
 ) -> dict[str, Any]:
     """``tiledelta publish``: overwrite the service keeping its cache, then update the cache."""
+    from tiledelta.publish.arcgis.publish import publish
+
     return publish(project, say=say, update_cache=update_cache)
 
 

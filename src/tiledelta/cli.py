@@ -8,23 +8,15 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
-import webbrowser
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from tiledelta import api
+from tiledelta import api, startup_stages
 from tiledelta.api import (
     describe_changes,
     init_project,
@@ -43,20 +35,11 @@ from tiledelta.errors import (
     UsageError,
     os_error,
 )
-from tiledelta.ops import watch as watching
-from tiledelta.ops.doctor import exit_code, run_checks
-from tiledelta.ops.doctor import report as doctor_report
 from tiledelta.project import Project
-from tiledelta.publish.thumbnail import parse_size, write_thumbnail
-from tiledelta.runs.report import (
-    CHANGEMAP_FILE,
-    REPORT_FILE,
-    counts_line,
-    find_run,
-    report_text,
-    write_report,
-)
-from tiledelta.serve.app import run as serve_project
+
+# A command imports what only it needs (rich's bar, the server, watch, doctor, the report
+# and its Pillow change map, a browser) in its own body: every command pays its imports
+# before anything else (stage "imports").
 
 project_option = click.option(
     "--project",
@@ -122,6 +105,14 @@ def progress_bar(label: str, enabled: bool):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class Rate(TextColumn):
         def render(self, task):  # tiles per second
@@ -542,8 +533,10 @@ def seed(
     """Build every tile of the configured levels (resuming an interrupted seed)."""
     if resume and restart:
         raise UsageError("give --continue or --restart, not both")
+    t_load = time.perf_counter()
     project = api.with_engine(load_project(project_dir), engine, scheduler)
     project = api.with_processes(project, processes)
+    stages = _stages_before(t_load)
     scope = api.run_scope(
         project, levels=scope_levels, extent=extent, extent_crs=extent_crs, aoi=aoi
     )
@@ -557,6 +550,7 @@ def seed(
             say=lambda m: click.echo(m, err=True),
             scope=scope,
             restart=restart,
+            stages=stages,
         )
     if as_json:
         _echo_json(result)
@@ -564,7 +558,17 @@ def seed(
         _print_run(result, "seeded")
 
 
+def _stages_before(t_load: float) -> dict[str, float]:
+    """The stage times of this process before its run: ``startup`` (Python's start to
+    tiledelta's first line, where the platform says), ``imports`` (up to ``t_load``) and
+    ``load`` (the project and its style, from ``t_load`` to now)."""
+    load = time.perf_counter() - t_load
+    return {**startup_stages(until=t_load), "load": load}
+
+
 def _print_run(result: dict, verb: str) -> None:
+    from tiledelta.runs.report import counts_line
+
     click.echo(
         f"{verb}: {counts_line(result)}; in {result['seconds']:.1f} s into {result['cache']}"
     )
@@ -610,12 +614,21 @@ def info(project_dir: Path, as_json: bool) -> None:
         click.echo(f"{lv:>5}  {d['tiles']:>12,}")
 
 
+_full_compare_option = click.option(
+    "--full-compare",
+    is_flag=True,
+    help="Read, fingerprint and diff every layer, also those whose files are proven "
+    "unchanged since the last build ([update] trust_unchanged_files).",
+)
+
+
 @main.command()
 @project_option
 @json_option
-def status(project_dir: Path, as_json: bool) -> None:
+@_full_compare_option
+def status(project_dir: Path, as_json: bool, full_compare: bool) -> None:
     """What changed since the last build, per layer."""
-    changes = detect_changes(load_project(project_dir)).as_dict()
+    changes = detect_changes(load_project(project_dir), full_compare=full_compare).as_dict()
     if as_json:
         _echo_json(changes)
         return
@@ -718,6 +731,7 @@ def _print_server_plan(result: dict) -> None:
     is_flag=True,
     help="Let through an update that deletes more of a layer than [update] max_delete_share.",
 )
+@_full_compare_option
 @_with(engine_options + _scope_options)
 def update(
     project_dir: Path,
@@ -726,6 +740,7 @@ def update(
     mark_current: bool,
     via: str,
     allow_mass_delete: bool,
+    full_compare: bool,
     engine: str | None,
     scheduler: str | None,
     scope_levels: str | None,
@@ -737,8 +752,10 @@ def update(
 ) -> None:
     """Re-render the tiles that changed data touches, then advance the snapshot (a run
     limited by --levels, --extent or --aoi leaves the snapshot and the rest pending)."""
+    t_load = time.perf_counter()
     project = api.with_engine(load_project(project_dir), engine, scheduler)
     project = api.with_processes(project, processes)
+    stages = _stages_before(t_load)
     limited = scope_levels or extent or extent_crs or aoi or dry_run
     if target == "arcgis" and limited:
         raise UsageError("--levels, --extent, --aoi and --dry-run work with --target local")
@@ -778,6 +795,8 @@ def update(
             allow_mass_delete=allow_mass_delete,
             say=lambda m: click.echo(m, err=True),
             scope=scope,
+            stages=stages,
+            full_compare=full_compare,
         )
     if as_json:
         _echo_json(result)
@@ -786,6 +805,8 @@ def update(
         click.echo(f"full rebuild ({result['rebuild']})")
     else:
         _print_changes(result["changes"])
+    from tiledelta.runs.report import counts_line
+
     click.echo(f"updated: {counts_line(result)}; in {result['seconds']:.2f} s")
 
 
@@ -845,6 +866,8 @@ def package(
 )
 def thumbnail(project_dir: Path, size: str, out: Path) -> None:
     """Render an item thumbnail of the map's full extent (PNG)."""
+    from tiledelta.publish.thumbnail import parse_size, write_thumbnail
+
     path = write_thumbnail(load_project(project_dir), out, parse_size(size))
     click.echo(f"wrote {path}")
 
@@ -881,6 +904,8 @@ def publish(project_dir: Path, as_json: bool, no_cache_update: bool) -> None:
 )
 def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
     """Serve the cache read-only: XYZ tiles, an ArcGIS REST MapServer and WMTS."""
+    from tiledelta.serve.app import run as serve_project
+
     project = Project.load(project_dir)
     try:
         serve_project(project, host=host, port=port, max_age=max_age, say=click.echo)
@@ -895,6 +920,14 @@ def serve(project_dir: Path, host: str, port: int, max_age: int) -> None:
 @click.option("--open", "open_browser", is_flag=True, help="Open report.html in a web browser.")
 def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool) -> None:
     """Show the report of the latest run, or of run RUN (its id, e.g. 3)."""
+    from tiledelta.runs.report import (
+        CHANGEMAP_FILE,
+        REPORT_FILE,
+        find_run,
+        report_text,
+        write_report,
+    )
+
     project = Project.load(project_dir)
     folder = find_run(project, run)
     if folder is None:
@@ -925,6 +958,8 @@ def report(project_dir: Path, as_json: bool, run: str | None, open_browser: bool
 
 def _open_in_browser(page: Path) -> bool:
     """Open ``page`` in a web browser; False when none could be started."""
+    import webbrowser
+
     try:
         return bool(webbrowser.open(page.resolve().as_uri()))
     except webbrowser.Error:
@@ -977,6 +1012,8 @@ def watch(
     max_tiles_per_second: float | None,
 ) -> None:
     """Poll the sources; update the cache whenever the data changed (Ctrl-C stops)."""
+    from tiledelta.ops import watch as watching
+
     watching.watch(
         project_dir,
         every=watching.parse_every(every),
@@ -994,6 +1031,9 @@ def watch(
 @json_option
 def doctor(project_dir: Path, as_json: bool) -> None:
     """Check Mapnik, fonts, datasources, style, scheme, cache and ArcGIS settings."""
+    from tiledelta.ops.doctor import exit_code, run_checks
+    from tiledelta.ops.doctor import report as doctor_report
+
     checks = run_checks(project_dir)
     if as_json:
         _echo_json(doctor_report(checks))

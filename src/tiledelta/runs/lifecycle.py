@@ -26,8 +26,6 @@ from tiledelta.change import record_build, record_run
 from tiledelta.errors import Interrupted, StateError, os_error
 from tiledelta.project import Project, project_lock
 from tiledelta.runs.folder import BeforeTiles, write_run
-from tiledelta.runs.notify import notify_failure, notify_run
-from tiledelta.runs.report import try_write_report
 from tiledelta.runs.summary import LevelSummary, RunSummary, level_counts
 
 log = logging.getLogger(__name__)
@@ -45,18 +43,23 @@ def run(
     say: Callable[[str], None] = log.info,
     notify: bool = True,
     keep_before: bool = False,
+    stages: dict[str, float] | None = None,
 ) -> RunSummary:
     """Run ``build`` through the whole lifecycle; return its summary.
 
     ``name`` names the run in failure messages (seed, update, arcgis). ``keep_before``
     keeps the tiles the build replaces for the viewer's before/after swipe.
     ``notify=False`` leaves notifications to the caller (``tiledelta watch``).
+    ``stages`` are times paid before the run (the command line's ``startup``, ``imports``
+    and ``load``): the summary's stages start with them; its ``seconds`` do not count them.
     """
     t0 = time.perf_counter()
     try:
         try:
             with project_lock(project):
-                summary = _locked_run(project, build, name, target, progress, say, keep_before, t0)
+                summary = _locked_run(
+                    project, build, name, target, progress, say, keep_before, t0, stages
+                )
         except OSError as exc:  # a full disk, a read-only folder: one line naming the file
             raise os_error(exc) from exc
         except sqlite3.Error as exc:  # a state file SQLite cannot write (full disk, ...)
@@ -65,12 +68,26 @@ def run(
                 "may be full or the folder read-only"
             ) from exc
     except Exception as exc:
-        if notify:
+        if notify and _notifies(project):
+            from tiledelta.runs.notify import notify_failure
+
             notify_failure(project, name, exc)
         raise
-    if notify:
+    if notify and _notifies(project):
+        from tiledelta.runs.notify import notify_run  # its HTTP client only when it sends
+
+        t = time.perf_counter()
         notify_run(project, summary.as_json())
+        # Sent after summary.json: it gets the time too (the message cannot hold its own).
+        summary.stages["notify"] = round(time.perf_counter() - t, 3)
+        if summary.run is not None:
+            write_run(project, summary.run, summary.as_json(), target=target)
     return summary
+
+
+def _notifies(project: Project) -> bool:
+    """True when ``[notify]`` is set (else notifying costs nothing, not even its imports)."""
+    return getattr(project.config, "notify", None) is not None
 
 
 def _locked_run(
@@ -82,9 +99,11 @@ def _locked_run(
     say: Callable[[str], None],
     keep_before: bool,
     t0: float,
+    stages: dict[str, float] | None = None,
 ) -> RunSummary:
     before = BeforeTiles(project) if keep_before else None
     ctx = RunContext(project, target=target, progress=progress, say=say, before=before)
+    ctx.stages.update(stages or {})
     try:
         outcome = build(ctx)
     except BaseException as exc:
@@ -129,6 +148,8 @@ def _locked_run(
         summary.stages = _stages(ctx.stages, outcome)
         summary.seconds = round(time.perf_counter() - t0, 3)
         write_run(project, run_id, summary.as_json(), target=target)
+        from tiledelta.runs.report import try_write_report  # Pillow: only a run reports
+
         try_write_report(project, folder, layers=outcome.layers)
     # The report's own time is known only now: summary.json (and --json) get every stage.
     summary.stages = _stages(ctx.stages, outcome)
@@ -190,6 +211,7 @@ def summarise(
         tiles_removed=st.tiles_removed,
         tiles_blank=st.tiles_blank,
         tiles_blank_stored=st.tiles_blank_stored,
+        tiles_solid=st.tiles_solid,
         seconds=round(seconds, 3),
         stages=_stages(ctx.stages, outcome),
         changes=outcome.changes.as_dict() if outcome.changes is not None else None,
