@@ -27,6 +27,7 @@ With Dask (``distributed``, the optional ``dask`` extra, imported only here):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import uuid
@@ -41,13 +42,14 @@ from tiledelta.config import RenderSettings
 from tiledelta.errors import TileDeltaError
 from tiledelta.grid import TilingScheme, metatile_bounds, query_pad
 from tiledelta.project import Project
-from tiledelta.sources import LayerData, read_layers
+from tiledelta.sources import LayerData, postgis, read_layers
 from tiledelta.sources.chunked import (
     PieceMerger,
-    check_file_source,
+    check_source,
     empty_layer,
     feature_count,
-    read_fids,
+    read_ids,
+    read_key_range,
     read_piece,
     row_ranges,
 )
@@ -115,11 +117,11 @@ def open_engine(project: Project, say: Callable[[str], None] = log.info) -> Any:
 _local = threading.local()
 
 
-def _probe(sources: list[LayerSource]) -> list[str]:
+def _probe(sources: list[tuple[LayerSource, str | None]]) -> list[str]:
     """Run on every worker at the start: why a source cannot be opened there (none: [])."""
     import tiledelta.render.renderer  # noqa: F401 - Mapnik must be importable on the worker
 
-    return [msg for src in sources if (msg := check_file_source(src))]
+    return [msg for src, key in sources if (msg := check_source(src, key))]
 
 
 def _renderer(style: Style, scheme: TilingScheme, settings: RenderSettings) -> Any:
@@ -139,7 +141,10 @@ def _renderer(style: Style, scheme: TilingScheme, settings: RenderSettings) -> A
 
 def _use_layers(renderer: Any, layers: dict[str, LayerData]) -> None:
     """Give a renderer the features of one task (what its constructor does with layers)."""
-    renderer.layers = layers
+    if hasattr(renderer, "use_layers"):  # the renderer with its own box index
+        renderer.use_layers(layers)
+        return
+    renderer.layers = layers  # pragma: no cover - a renderer from before use_layers
     renderer._trees = {
         name: shapely.STRtree(shapely.box(*data.bounds.T)) if len(data) else None
         for name, data in layers.items()
@@ -157,7 +162,8 @@ REUSE_SHARE = 0.5
 
 
 def _reusable(run: str, fids: dict[str, np.ndarray]) -> bool:
-    """True when this thread's renderer already holds every feature of the task (same run)."""
+    """True when this thread's renderer already holds every feature of the task (same run);
+    ``fids`` are the features' places in the client's layers, sorted."""
     held = getattr(_local, "held", None)
     if held is None or held[0] != run:
         return False
@@ -177,11 +183,16 @@ def render_task(
     scheme: TilingScheme,
     settings: RenderSettings,
     sources: list[tuple[LayerSource, str | None]],
-    fids: dict[str, np.ndarray],
+    need: dict[str, tuple[np.ndarray, np.ndarray]],
     task: Task,
     run: str,
+    snapshots: dict[str, str] | None = None,
 ) -> list[TileResult]:
     """One render task on a worker: read its features from the sources, draw its meta-tiles.
+
+    ``need`` gives per layer the features' places in the full layer (sorted) and what to
+    read them by: GDAL feature ids, or PostGIS keys (read in the run's exported
+    ``snapshots``, by layer name).
 
     The renderer draws, per meta-tile, the features whose box meets its buffered extent, in
     full-scan order; holding more features than the task needs (a reused read of the same
@@ -190,17 +201,19 @@ def render_task(
     ``[mapnik::feature_id]`` label reads the same on either engine.)
     """
     renderer = _renderer(style, scheme, settings)
-    if not _reusable(run, fids):
+    places = {name: pos for name, (pos, _ids) in need.items()}
+    snaps = snapshots or {}
+    if not _reusable(run, places):
         _local.held = None
         _use_layers(renderer, {})
         layers = {
-            src.name: read_fids(src, scheme.crs, key, fids[src.name])
-            if src.name in fids
-            else empty_layer(src, key is not None)
+            src.name: read_ids(src, scheme.crs, key, need[src.name][1], snaps.get(src.name))
+            if src.name in need
+            else empty_layer(src, key is not None or src.kind == "postgis")
             for src, key in sources
         }
         _use_layers(renderer, layers)
-        _local.held = (run, {name: np.asarray(f) for name, f in fids.items()})
+        _local.held = (run, places)
     level, items = task
     out: list[TileResult] = []
     for mrow, mcol, wanted in items:
@@ -229,6 +242,8 @@ class DaskEngine:
         cfg = project.config.render
         self.cluster: Any = None
         self.fids: dict[str, np.ndarray] = {}
+        #: per PostGIS layer, the transaction whose snapshot the workers read in
+        self.holds: dict[str, postgis.ReadSnapshot] = {}
         address = cfg.scheduler
         try:
             if address:
@@ -285,6 +300,9 @@ class DaskEngine:
         self.close()
 
     def close(self) -> None:
+        for hold in self.holds.values():
+            hold.close()
+        self.holds.clear()
         with contextlib.suppress(Exception):  # closing a broken connection
             self.client.close()
         if self.cluster is not None:
@@ -292,11 +310,11 @@ class DaskEngine:
 
     def _check_sources(self, project: Project) -> None:
         """A tiny task on every worker: each source opens there, else one line."""
-        sources = list(project.style.layers)
-        for src in sources:
-            if src.kind == "postgis" or src.kind in RASTER_TYPES:
+        sources = _sources(project)
+        for src, _key in sources:
+            if src.kind in RASTER_TYPES:
                 raise ClusterError(
-                    f"layer {src.name!r}: the Dask engine reads vector files only for now; "
+                    f"layer {src.name!r}: the Dask engine reads vector layers only for now; "
                     f'use [render] engine = "local" for {src.kind} layers'
                 )
         try:
@@ -305,10 +323,12 @@ class DaskEngine:
             raise ClusterError(f"Dask workers cannot run tiledelta: {_line(exc)}") from exc
         for worker, problems in sorted(answers.items()):
             if problems:
-                raise ClusterError(
-                    f"{problems[0]} on Dask worker {worker}; sources must be on storage "
-                    "every worker sees, at the same path"
+                where = (
+                    "the database must be reachable from every worker"
+                    if "PostgreSQL" in problems[0]
+                    else "sources must be on storage every worker sees, at the same path"
                 )
+                raise ClusterError(f"{problems[0]} on Dask worker {worker}; {where}")
 
     # --- reading (distributed change detection) ----------------------------------------
 
@@ -319,6 +339,9 @@ class DaskEngine:
         submit = self.client.submit
         for src in project.style.layers:
             key = project.key_field(src.name)
+            if src.kind == "postgis":
+                out[src.name] = self._read_postgis(project, src, key)
+                continue
             count = submit(feature_count, src, pure=False).result()
             ranges = row_ranges(count, ROWS_PER_TASK)
             calls = (
@@ -340,6 +363,41 @@ class DaskEngine:
             )
         return out
 
+    def _read_postgis(self, project: Project, src: LayerSource, key: str | None) -> LayerData:
+        """A PostGIS layer in key ranges on the workers, all in one exported snapshot held
+        by the client until the engine closes (render tasks read in it too)."""
+        if src.name in self.holds:
+            self.holds.pop(src.name).close()
+        hold = self.holds[src.name] = postgis.ReadSnapshot(src, key)
+        rows, ranges = hold.ranges(ROWS_PER_TASK)
+        shipped = postgis.redacted(src)
+        calls = (
+            (
+                read_key_range,
+                shipped,
+                project.scheme.crs,
+                key,
+                r,
+                hold.snapshot,
+                project.scheme.extent,
+            )
+            for r in ranges
+        )
+        merger = PieceMerger(src, rows)
+        for piece in self._ordered(calls):
+            merger.add(piece)
+        data, _places = merger.result()
+        del merger
+        # As a local read: keyed, no feature ids (render tasks read by key).
+        data = dataclasses.replace(data, fids=None, keyed=True)
+        log.info(
+            "read %s on the cluster: %d features in %d key range(s)",
+            src.name,
+            len(data),
+            len(ranges),
+        )
+        return data
+
     def _ordered(self, calls: Iterator[tuple]) -> Iterator[Any]:
         """Submit ``calls`` keeping a bounded number in flight; yield results in order."""
         window: deque = deque()
@@ -358,18 +416,32 @@ class DaskEngine:
             if name not in layers or not len(ch.new_idx):
                 continue
             src = project.style.layer(name)
-            fids = self.fids[name][ch.new_idx]
-            data = self.client.submit(
-                read_fids, src, project.scheme.crs, project.key_field(name), fids, pure=False
+            hold = self.holds.get(name)
+            data = layers[name]
+            idx = np.sort(ch.new_idx) if hold else ch.new_idx  # PostGIS: read in key order
+            got = self.client.submit(
+                read_ids,
+                postgis.redacted(src),
+                project.scheme.crs,
+                project.key_field(name),
+                (data.keys if hold else self.fids[name])[idx],
+                hold.snapshot if hold else None,
+                pure=False,
             ).result()
-            layers[name].wkb[ch.new_idx] = data.wkb
+            if hold:  # a key that is not unique may bring more rows than asked for
+                data.wkb[idx] = _match(got, data.keys[idx], data.fingerprints[idx])
+            else:
+                data.wkb[idx] = got.wkb
 
     # --- rendering ---------------------------------------------------------------------
 
     def executor(self, project: Project, layers: dict[str, LayerData]) -> Executor:
         """Tasks to the cluster, each with the feature ids its meta-tiles need."""
         scheme, settings, style = project.scheme, project.settings, project.style
-        sources = [(src, project.key_field(src.name)) for src in style.layers]
+        sources = _sources(project)
+        # No password travels in a task's arguments in clear (Dask prints them on errors).
+        style = dataclasses.replace(style, layers=tuple(src for src, _k in sources))
+        snapshots = {name: hold.snapshot for name, hold in self.holds.items()}
         buffers = {
             src.name: src.buffer_size if src.buffer_size is not None else settings.buffer
             for src in style.layers
@@ -384,7 +456,7 @@ class DaskEngine:
         style_f = self.client.scatter(style, broadcast=True)
         scheme_f = self.client.scatter(scheme, broadcast=True)
 
-        def needs(task: Task) -> dict[str, np.ndarray]:
+        def needs(task: Task) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             level, items = task
             res = scheme.resolution(level)
             bounds = [metatile_bounds(scheme, level, r, c, settings.metatile) for r, c, _ in items]
@@ -399,19 +471,39 @@ class DaskEngine:
                 )
                 hit = np.unique(tree.query(boxes)[1])  # sorted: full-scan order
                 if len(hit):
-                    out[name] = self.fids[name][hit]
+                    ids = layers[name].keys if name in self.holds else self.fids[name]
+                    out[name] = (hit, ids[hit])
             return out
 
         run_id = uuid.uuid4().hex  # workers reuse features only within one run
 
         def run(tasks: Iterator[Task]) -> Iterator[list[TileResult]]:
             calls = (
-                (render_task, style_f, scheme_f, settings, sources, needs(t), t, run_id)
+                (render_task, style_f, scheme_f, settings, sources, needs(t), t, run_id, snapshots)
                 for t in tasks
             )
             yield from self._ordered(calls)
 
         return run
+
+
+def _sources(project: Project) -> list[tuple[LayerSource, str | None]]:
+    """Each layer's source fit to travel in a task (no password in clear) and its key."""
+    return [(postgis.redacted(src), project.key_field(src.name)) for src in project.style.layers]
+
+
+def _match(got: LayerData, keys: np.ndarray, fps: np.ndarray) -> np.ndarray:
+    """The geometry of ``got``'s rows with these keys and fingerprints (both in key order;
+    ``got`` in key order too, holding them and maybe more)."""
+    if len(got) == len(keys):
+        return got.wkb
+    out, j = np.empty(len(keys), dtype=object), 0
+    for i, (k, fp) in enumerate(zip(keys, fps, strict=True)):
+        while not (got.keys[j] == k and got.fingerprints[j] == fp):
+            j += 1
+        out[i] = got.wkb[j]
+        j += 1
+    return out
 
 
 def _result(future: Any) -> Any:

@@ -11,6 +11,12 @@ and fingerprints are bit for bit those of a full read:
 - :func:`read_fids`: exactly the features with the given GDAL feature ids, in the order
   given, with geometry and the style's attributes: what one render task draws.
 
+PostGIS layers (:mod:`tiledelta.sources.postgis`) are read by key instead: detection in
+key ranges (:func:`read_key_range`; the ranges, from :class:`~tiledelta.sources.postgis.
+ReadSnapshot`, partition the rows in key order, so the pieces in range order are the
+layer in the local read's order), render tasks by their features' keys (:func:`read_ids`,
+``key = ANY(...) ORDER BY key``), all in one exported snapshot of the database.
+
 Nothing here knows about Dask: these are the functions its tasks run.
 """
 
@@ -25,6 +31,7 @@ import pyogrio
 
 from tiledelta.errors import SourceError
 from tiledelta.grid import Bounds
+from tiledelta.sources import postgis
 from tiledelta.sources.gdal import read_raw
 from tiledelta.sources.types import LayerData, RawLayer, layer_data
 from tiledelta.style import RASTER_TYPES, LayerSource
@@ -40,6 +47,13 @@ class LayerPiece:
     fingerprints: np.ndarray  # (n,) uint64
     null_keys: np.ndarray  # keys of the rows with no geometry
     keyed: bool
+
+
+def check_source(src: LayerSource, key: str | None = None) -> str | None:
+    """Why ``src`` cannot be read here, or None when it can (a worker's start check)."""
+    if src.kind == "postgis":
+        return postgis.check(src, key)
+    return check_file_source(src)
 
 
 def check_file_source(src: LayerSource) -> str | None:
@@ -119,6 +133,46 @@ def read_fids(
     if not len(fids):
         return empty_layer(src, key is not None)
     raw = read_raw(src, key, fids=np.asarray(fids, dtype=np.int64))
+    return layer_data(src, raw, target_crs, valid)
+
+
+def read_key_range(
+    src: LayerSource,
+    target_crs: str,
+    key: str | None,
+    key_range: postgis.KeyRange,
+    snapshot: str | None,
+    valid: Bounds | None = None,
+) -> LayerPiece:
+    """One key range of a PostGIS layer, boiled down as :func:`read_piece` (``fids`` are
+    the rows' places in the piece: PostGIS rows have no feature ids)."""
+    raw = postgis.read_raw(src, key, key_range=key_range, snapshot=snapshot)
+    data = layer_data(src, raw, target_crs, valid)
+    return LayerPiece(
+        fids=np.arange(len(data), dtype=np.int64),
+        keys=data.keys,
+        bounds=data.bounds,
+        fingerprints=data.fingerprints,
+        null_keys=data.null_keys,
+        keyed=raw.keyed,
+    )
+
+
+def read_ids(
+    src: LayerSource,
+    target_crs: str,
+    key: str | None,
+    ids: np.ndarray,
+    snapshot: str | None = None,
+    valid: Bounds | None = None,
+) -> LayerData:
+    """The features a render task draws: by GDAL feature id (files, in the order given), or
+    by key (PostGIS, in key order, within ``snapshot``)."""
+    if src.kind != "postgis":
+        return read_fids(src, target_crs, key, ids, valid)
+    if not len(ids):
+        return empty_layer(src, True)
+    raw = postgis.read_raw(src, key, keys=list(ids), snapshot=snapshot)
     return layer_data(src, raw, target_crs, valid)
 
 
