@@ -117,6 +117,10 @@ def test_untouched_files_are_neither_read_nor_diffed(shp_project, caplog):
     runs = _runs(root)
     result = update(api.load_project(root), notify=False)
     assert result["nothing_to_do"] is True and result["tiles_written"] == 0
+    project = api.load_project(root)
+    # The same shape as any update's summary: every configured level, all counts 0.
+    assert sorted(result["levels"], key=int) == [str(lv) for lv in project.levels]
+    assert all(set(row.values()) == {0} for row in result["levels"].values())
     assert _read_lines(caplog) == []
     assert _runs(root) == runs
     assert_cache_equals_fresh_seed(root)

@@ -34,8 +34,9 @@ from tiledelta.errors import ConfigError, TileDeltaError, UsageError
 from tiledelta.grid import select_levels
 from tiledelta.plan import TilePlan, full_plan, update_plan
 from tiledelta.project import PROJECT_FILE, Project
-from tiledelta.render import mapnik_installed, require_mapnik
-from tiledelta.runs import RunSummary, run
+from tiledelta.render import RunStats, mapnik_installed, require_mapnik
+from tiledelta.runs import LevelSummary, RunSummary, run
+from tiledelta.runs.summary import level_counts
 from tiledelta.sources import describe, display_path, list_layers, read_layers
 from tiledelta.sources.keys import find_key_field
 from tiledelta.stores import open_project_store
@@ -152,6 +153,7 @@ def _nothing_to_do(
         cache=str(project.cache_path),
         cache_kind=project.config.cache.kind,
         seconds=round(seconds, 3),
+        levels={str(lv): LevelSummary(**level_counts(RunStats(), lv)) for lv in project.levels},
         stages={**(stages or {}), "detect": round(seconds, 3)},
         changes=changes.as_dict(),
     )
