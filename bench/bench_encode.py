@@ -31,10 +31,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import mapnik
 import numpy as np
 from common import STYLE, clatsop_shapefile
 
+from tiledelta.render._mapnik import mapnik  # keeps GDAL's PROJ_LIB (rasterio decodes below)
 from tiledelta.render.encode import PNG_COMPRESSION
 
 TILE = 256

@@ -14,7 +14,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import mapnik
 import numpy as np
 import pytest
 import rasterio
@@ -33,6 +32,7 @@ from tiledelta.errors import ConfigError
 from tiledelta.grid import Bounds, tile_range
 from tiledelta.project import Project
 from tiledelta.render import renderer as renderer_mod
+from tiledelta.render._mapnik import mapnik  # keeps GDAL's PROJ_LIB (see there)
 from tiledelta.render.renderer import Renderer, encode
 from tiledelta.render.stats import Solid
 from tiledelta.sources import read_layers
