@@ -35,6 +35,7 @@ CORE_FILES = frozenset(
         "test_uploads.py",
         "test_pro_maps.py",
         "test_plan_cli.py",
+        "test_plan_fast.py",
     }
 )
 NO_MAPNIK_REASON = "needs Mapnik; this is the no-Mapnik CI venv (TILEDELTA_CORE_VENV=1)"
