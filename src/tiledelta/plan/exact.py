@@ -12,9 +12,9 @@ a reordering among features that never share a meta-tile re-render nothing.
 from __future__ import annotations
 
 import numpy as np
-import shapely
 
 from tiledelta.grid import TilingScheme, metatile_bounds
+from tiledelta.grid.boxindex import BoxIndex
 
 
 class OrderedBoxes:
@@ -23,22 +23,16 @@ class OrderedBoxes:
     def __init__(self, bounds: np.ndarray, fingerprints: np.ndarray) -> None:
         self.bounds = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
         self.fingerprints = np.asarray(fingerprints)
-        self._tree: shapely.STRtree | None = None
-
-    def _index(self) -> shapely.STRtree:
-        if self._tree is None:
-            self._tree = shapely.STRtree(shapely.box(*self.bounds.T))
-        return self._tree
+        self._index: BoxIndex | None = None
 
     def sequences(self, boxes: np.ndarray) -> list[np.ndarray]:
         """For each query box, the fingerprints of the features meeting it, in draw order."""
         if not len(self.bounds) or not len(boxes):
             return [self.fingerprints[:0] for _ in range(len(boxes))]
-        q, hit = self._index().query(shapely.box(*np.asarray(boxes).T))
-        order = np.lexsort((hit, q))
-        q, hit = q[order], hit[order]
-        cuts = np.searchsorted(q, np.arange(len(boxes) + 1))
-        return [self.fingerprints[hit[cuts[i] : cuts[i + 1]]] for i in range(len(boxes))]
+        if self._index is None:
+            self._index = BoxIndex(self.bounds)
+        index = self._index
+        return [self.fingerprints[index.query(*map(float, box))] for box in np.asarray(boxes)]
 
 
 def same_pictures(
