@@ -284,10 +284,34 @@ STOP_GRACE = 10.0
 def _stop(pool: Pool) -> None:
     """End a failed run's pool: ``terminate()`` (SIGTERM to the workers, then a join),
     bounded; workers still there after :data:`STOP_GRACE` seconds are killed, so a
-    worker that missed its SIGTERM can never hold the run (and its lock) for ever."""
+    worker that missed its SIGTERM can never hold the run (and its lock) for ever.
+
+    ``terminate()`` first takes the task queue's lock, which an idle worker holds while it
+    waits for a task. A worker the pool started after a signal to the process group (it
+    replaces the workers that left) never got that signal and would hold the lock, and
+    ``terminate()`` with it, for ever: so every worker is sent SIGTERM (once each) while
+    ``terminate()`` runs."""
     stopper = threading.Thread(target=pool.terminate, name="pool-stop", daemon=True)
     stopper.start()
-    stopper.join(STOP_GRACE)
+    deadline = time.monotonic() + STOP_GRACE
+    signalled: set[int] = set()
+    released = False
+    while stopper.is_alive() and time.monotonic() < deadline:
+        workers = list(getattr(pool, "_pool", []))
+        for proc in workers:
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                if proc.pid is not None and proc.pid not in signalled and proc.exitcode is None:
+                    signalled.add(proc.pid)
+                    proc.terminate()
+        stopper.join(0.1)
+        if stopper.is_alive() and not released and all(p.exitcode is not None for p in workers):
+            # Every worker is gone, yet terminate() still waits for the task queue's lock:
+            # a worker that died holding it (a process semaphore is not given back when
+            # its holder dies) left it taken. Give it back once, for terminate() to go on.
+            released = True
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                pool._inqueue._rlock.release()  # type: ignore[attr-defined]
+                log.debug("released the task queue lock a dead render worker held")
     if stopper.is_alive():
         workers = list(getattr(pool, "_pool", []))
         log.warning("render workers did not stop within %g s; killing them", STOP_GRACE)
