@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from common import STYLE, clatsop_shapefile, make_project, write_buildings
+from common import copies_project, make_project
 
 
 def _cluster(n: int):
@@ -98,39 +97,11 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
     print(f"   Dask / local            {da / lo:>10.2f}x   (goal: at most 1.15x)")
 
 
-def _copies(root: Path, levels: str, copies: int) -> Path:
-    """A project over ``copies`` copies of the buildings, shifted side by side."""
-    import pyogrio.raw
-    import shapely
-
-    meta, _f, geoms, values = pyogrio.raw.read(str(clatsop_shapefile()), return_fids=True)
-    shp = shapely.from_wkb(geoms)
-    if meta["crs"] and "3857" not in str(meta["crs"]):
-        import pyproj
-
-        tr = pyproj.Transformer.from_crs(meta["crs"], "EPSG:3857", always_xy=True)
-        shp = shapely.transform(shp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-    b = shapely.total_bounds(shp)
-    step = (b[2] - b[0]) * 1.05
-    out = np.concatenate(
-        [
-            shapely.to_wkb(shapely.transform(shp, lambda xy, k=k: xy + [k * step, 0]))
-            for k in range(copies)
-        ]
-    ).astype(object)
-    vals = [np.concatenate([v] * copies) for v in values]
-    make_project(root, levels)
-    path = root / "buildings.gpkg"
-    write_buildings(str(path), out, vals, list(meta["fields"]))
-    (root / "style.xml").write_text(STYLE.format(kind="ogr", path=path), encoding="utf-8")
-    return root
-
-
 def memory(tmp: Path, levels: str, copies: int) -> None:
     print(f"2. worker peak memory, levels {levels}, Dask with 2 workers (a fresh cluster each)")
     rows = []
     for n in (1, copies):
-        root = _copies(tmp / f"x{n}", levels, n)
+        root = copies_project(tmp / f"x{n}", levels, n)
         cluster, client = _cluster(2)
         try:
             base = _worker_peak_mb(client)

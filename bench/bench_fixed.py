@@ -26,31 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import STYLE, clatsop_shapefile, make_project, write_buildings
-
-
-def _copies(root: Path, levels: str, copies: int) -> Path:
-    """A project over ``copies`` copies of the buildings, shifted side by side (as
-    bench_dask.py builds them)."""
-    import pyogrio.raw
-    import shapely
-
-    meta, _f, geoms, values = pyogrio.raw.read(str(clatsop_shapefile()), return_fids=True)
-    shp = shapely.from_wkb(geoms)
-    b = shapely.total_bounds(shp)
-    step = (b[2] - b[0]) * 1.05
-    out = np.concatenate(
-        [
-            shapely.to_wkb(shapely.transform(shp, lambda xy, k=k: xy + [k * step, 0]))
-            for k in range(copies)
-        ]
-    ).astype(object)
-    vals = [np.concatenate([v] * copies) for v in values]
-    make_project(root, levels)
-    path = root / "buildings.gpkg"
-    write_buildings(str(path), out, vals, list(meta["fields"]))
-    (root / "style.xml").write_text(STYLE.format(kind="ogr", path=path), encoding="utf-8")
-    return root
+from common import copies_project, write_buildings
 
 
 def _edit(root: Path, n: int, first: int) -> None:
@@ -165,7 +141,7 @@ def main() -> None:
     first = 23953
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, args.copies):
-            root = _copies(Path(tmp) / f"x{n}", args.levels, n)
+            root = copies_project(Path(tmp) / f"x{n}", args.levels, n)
             r = run(root, args.processes, args.edits, first)
             if args.keep:
                 Path(args.keep).mkdir(parents=True, exist_ok=True)

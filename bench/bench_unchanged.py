@@ -28,33 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from common import STYLE, clatsop_shapefile, make_project, write_buildings
+from common import copies_project, make_project
 
 TILEDELTA = str(Path(sys.executable).with_name("tiledelta"))
-
-
-def _copies(root: Path, levels: str, copies: int) -> Path:
-    """A project over ``copies`` copies of the buildings, shifted side by side (GeoPackage)."""
-    import pyogrio.raw
-    import shapely
-
-    meta, _f, geoms, values = pyogrio.raw.read(str(clatsop_shapefile()), return_fids=True)
-    shp = shapely.from_wkb(geoms)
-    b = shapely.total_bounds(shp)
-    step = (b[2] - b[0]) * 1.05
-    out = np.concatenate(
-        [
-            shapely.to_wkb(shapely.transform(shp, lambda xy, k=k: xy + [k * step, 0]))
-            for k in range(copies)
-        ]
-    ).astype(object)
-    vals = [np.concatenate([v] * copies) for v in values]
-    make_project(root, levels)
-    path = root / "buildings.gpkg"
-    write_buildings(str(path), out, vals, list(meta["fields"]))
-    (root / "style.xml").write_text(STYLE.format(kind="ogr", path=path), encoding="utf-8")
-    return root
 
 
 def _best(fn, repeat: int) -> tuple[float, object]:  # noqa: ANN001
@@ -136,7 +112,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = make_project(Path(tmp) / "x1", args.levels)
         measure(one, "1× (23,953 buildings, shapefile)", args.repeat)
-        ten = _copies(Path(tmp) / f"x{args.copies}", args.levels, args.copies)
+        ten = copies_project(Path(tmp) / f"x{args.copies}", args.levels, args.copies)
         size = sum(f.stat().st_size for f in ten.glob("buildings.gpkg*")) / 1e6
         measure(ten, f"{args.copies}× (GeoPackage, {size:.0f} MB)", args.repeat)
     print()

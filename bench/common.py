@@ -129,6 +129,17 @@ def buildings_copies(copies: int):
     return wkb, out, fields
 
 
+def copies_project(root: Path, levels: str, copies: int) -> Path:
+    """A project over the buildings ``copies`` times side by side (:func:`buildings_copies`),
+    in a GeoPackage."""
+    wkb, values, fields = buildings_copies(copies)
+    make_project(root, levels)
+    path = root / "buildings.gpkg"
+    write_buildings(str(path), wkb, values, fields)
+    (root / "style.xml").write_text(STYLE.format(kind="ogr", path=path), encoding="utf-8")
+    return root
+
+
 def write_shapefile(path: str, wkb, values, fields: list[str]) -> None:
     """The same features as a shapefile: what raw Mapnik reads fastest (its own plugin)."""
     import pyogrio.raw

@@ -13,34 +13,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.schemes import SMALL, UNBOUNDED, WM
 
 import tiledelta.grid.metatiles as mt_mod
 from tiledelta.grid import (
-    LOD,
-    Bounds,
-    TilingScheme,
     metatile_bounds,
     metatile_grid,
     metatiles_for_boxes,
     query_pad,
-    web_mercator,
 )
 from tiledelta.plan.plan import merge_metatiles
-
-SMALL = TilingScheme(
-    name="small",
-    crs="EPSG:3857",
-    origin_x=1000.0,
-    origin_y=9000.0,
-    lods=(
-        LOD(level=0, scale=3779.5, resolution=1.0),
-        LOD(level=1, scale=1889.75, resolution=0.5),
-        LOD(level=2, scale=1133.85, resolution=0.3),
-    ),
-    extent=Bounds(1000.0, 9000.0 - 2900.0, 1000.0 + 2500.0, 9000.0),
-)
-UNBOUNDED = SMALL.model_copy(update={"name": "unbounded", "extent": None})
-WM = web_mercator(20)
 
 
 def reference(scheme, level, boxes, pad, meta, window) -> list[list[int]]:

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from shapely.geometry import box
+from support.schemes import SMALL, UNBOUNDED, WM
 
 from tiledelta import api, sample
 from tiledelta.api import seed, update
@@ -37,14 +38,11 @@ from tiledelta.change import detect_changes
 from tiledelta.config import LayerConfig
 from tiledelta.errors import LockedError
 from tiledelta.grid import (
-    LOD,
     Bounds,
-    TilingScheme,
     metatile_bounds,
     metatile_grid,
     metatiles_for_boxes,
     query_pad,
-    web_mercator,
 )
 from tiledelta.project import project_lock
 from tiledelta.sample import _read, _write
@@ -359,21 +357,6 @@ def test_keyed_updates_equal_fresh_seed(keyed_base, steps):
 
 
 # --- 4. the dirty set is exactly the meta-tiles Mapnik reads ---------------------------------
-
-SMALL = TilingScheme(
-    name="small",
-    crs="EPSG:3857",
-    origin_x=1000.0,
-    origin_y=9000.0,
-    lods=(
-        LOD(level=0, scale=3779.5, resolution=1.0),
-        LOD(level=1, scale=1889.75, resolution=0.5),
-        LOD(level=2, scale=1133.85, resolution=0.3),
-    ),
-    extent=Bounds(1000.0, 9000.0 - 2900.0, 1000.0 + 2500.0, 9000.0),
-)
-UNBOUNDED = SMALL.model_copy(update={"name": "unbounded", "extent": None})
-WM = web_mercator(20)
 
 
 def _brute_force(scheme, level, boxes, pad, meta, window):
