@@ -158,6 +158,7 @@ def run_plan(
     blank: BlankFill | None = None,
     executor: Executor | None = None,
     timeout: float | None = None,
+    stop: threading.Event | None = None,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
@@ -174,7 +175,11 @@ def run_plan(
     the same order; writing stays here.
     ``timeout`` bounds a meta-tile's render in worker processes, in seconds
     (:class:`~tiledelta.errors.RenderTimeout` naming the level and meta-tile).
+    ``stop`` is set when the run fails, before its pool is ended: the task feed stops at
+    once (a throttle given ``sleep=stop.wait`` wakes up), so ``Pool.terminate()`` never
+    waits for a rate-capped feed's sleep.
     """
+    stop = stop if stop is not None else threading.Event()
     stats = RunStats(metatiles=plan.metatile_count)
     tasks, per_group = _tasks(scheme, plan)
     if not tasks:
@@ -242,6 +247,8 @@ def run_plan(
         for _key, task in tasks:
             if throttle:
                 throttle(sum(len(w) if w else meta * meta for _r, _c, w in task[1]))
+            if stop.is_set():
+                return
             yield task
 
     meta = plan.metatile
@@ -269,6 +276,7 @@ def run_plan(
     try:
         consume(_bounded(pool.imap(_work, feed(), chunksize=1), tasks, timeout))
     except BaseException:
+        stop.set()
         _stop(pool)
         raise
     # Done: the workers take their sentinels and exit; no signal is sent.
@@ -336,7 +344,8 @@ def run_project_plan(
     """:func:`run_plan` with the project's style, scheme, settings, process count and
     tile-rate cap."""
     rate = project.config.render.max_tiles_per_second
-    throttle = Throttle(rate).wait if rate else None
+    stop = threading.Event()  # set when the run fails: the throttle's sleep ends then
+    throttle = Throttle(rate, sleep=stop.wait).wait if rate else None
     return run_plan(
         project.style,
         project.scheme,
@@ -352,6 +361,7 @@ def run_project_plan(
         blank=blank,
         executor=executor,
         timeout=project.config.render.metatile_timeout,
+        stop=stop,
     )
 
 

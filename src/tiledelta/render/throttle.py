@@ -24,7 +24,7 @@ class Throttle:
         rate: float,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if not rate > 0:
             raise ConfigError(f"--max-tiles-per-second {rate}: must be more than zero")
