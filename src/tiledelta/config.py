@@ -124,6 +124,9 @@ class RenderConfig(BaseModel):
     engine: Literal["local", "dask"] = "local"
     #: the Dask scheduler (tcp://host:8786); none with engine "dask" starts a LocalCluster
     scheduler: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ws|wss)://\S+$")
+    #: on Dask, the most features a render task holds at once; a task needing more reads
+    #: and draws them in batches (the same picture; docs/dask.md). 0: no limit
+    task_features: int = Field(50_000, ge=0)
 
     @field_validator("extent")
     @classmethod

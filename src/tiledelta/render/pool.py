@@ -128,14 +128,20 @@ def _bounded(
             else:
                 yield results.next(timeout=timeout * len(items))  # type: ignore[attr-defined]
         except mp.TimeoutError:
-            mrow, mcol, _ = items[0]
-            n = len(items) - 1
-            more = f" or one of the {n} meta-tile(s) after it" if n else ""
-            raise RenderTimeout(
-                f"level {level}, meta-tile row {mrow} col {mcol}{more}: rendering took longer "
-                f"than [render] metatile_timeout = {timeout:g} s; look for a huge feature or "
-                "label there, or raise the timeout"
-            ) from None
+            assert timeout is not None  # no timeout, no wait that ends
+            raise task_timeout(level, items, timeout) from None
+
+
+def task_timeout(level: int, items: list, timeout: float) -> RenderTimeout:
+    """The error for a task (``items`` of ``level``) over its time: its first meta-tile."""
+    mrow, mcol, _ = items[0]
+    n = len(items) - 1
+    more = f" or one of the {n} meta-tile(s) after it" if n else ""
+    return RenderTimeout(
+        f"level {level}, meta-tile row {mrow} col {mcol}{more}: rendering took longer "
+        f"than [render] metatile_timeout = {timeout:g} s; look for a huge feature or "
+        "label there, or raise the timeout"
+    )
 
 
 def worker_count(requested: int) -> int:

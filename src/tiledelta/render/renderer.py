@@ -12,7 +12,9 @@ full layer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyproj
@@ -53,24 +55,13 @@ class Renderer:
         self.settings = settings
         meta = settings.metatile
         self.size = size or (meta * scheme.tile_width, meta * scheme.tile_height)
-        self.map = mapnik.Map(*self.size)
-        try:
-            mapnik.load_map_from_string(
-                self.map, style.xml_without_datasources, True, str(style.path.parent)
-            )
-        except Exception as exc:  # Mapnik raises RuntimeError with its reason
-            raise StyleError(f"{style.path}: Mapnik cannot load the style: {exc}") from exc
-        srs = mapnik_srs(scheme.crs)
-        self.map.srs = srs
-        self.map.buffer_size = settings.buffer
-        self._mlayers = {}
+        self._xml = style.xml_without_datasources
+        self._base = str(style.path.parent)
+        self._style_path = style.path
         #: raster layers keep the datasource of the style (Mapnik reads and warps the file)
         self._rasters = {src.name for src in style.layers if src.kind in RASTER_TYPES}
-        for lyr in self.map.layers:
-            if lyr.name in self._rasters:
-                continue  # its own srs: Mapnik reprojects the raster
-            lyr.srs = srs
-            self._mlayers[lyr.name] = lyr
+        self.map, self._mlayers = self._load_map(self._xml)
+        self._overlay: tuple[mapnik.Map, dict] | None = None
         self._buffers = {
             lyr.name: (lyr.buffer_size if lyr.buffer_size is not None else settings.buffer)
             for lyr in style.layers
@@ -82,6 +73,24 @@ class Renderer:
         self.background = self._background.get_pixel(0, 0)
         # float slack so the prefilter is never smaller than Mapnik's own query
         self._slack = query_pad(scheme, scheme.levels[0], 0)
+
+    def _load_map(self, xml: str) -> tuple[mapnik.Map, dict]:
+        """A Mapnik map of the style (no datasources), and its vector layers by name."""
+        m = mapnik.Map(*self.size)
+        try:
+            mapnik.load_map_from_string(m, xml, True, self._base)
+        except Exception as exc:  # Mapnik raises RuntimeError with its reason
+            raise StyleError(f"{self._style_path}: Mapnik cannot load the style: {exc}") from exc
+        srs = mapnik_srs(self.scheme.crs)
+        m.srs = srs
+        m.buffer_size = self.settings.buffer
+        mlayers = {}
+        for lyr in m.layers:
+            if lyr.name in self._rasters:
+                continue  # its own srs: Mapnik reprojects the raster
+            lyr.srs = srs
+            mlayers[lyr.name] = lyr
+        return m, mlayers
 
     def _render_background(self) -> mapnik.Image:
         """What Mapnik paints where no feature is drawn."""
@@ -139,15 +148,32 @@ class Renderer:
         try:
             return self.render_bounds(b, self.scheme.resolution(level))
         except (MemoryError, RuntimeError) as exc:  # Mapnik's std::bad_alloc, its errors
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RenderFailed(
-                f"level {level}, meta-tile row {mrow} col {mcol}: Mapnik could not draw it "
-                f"({reason}); look for a huge feature or label there"
-            ) from None
+            raise self._failed(level, mrow, mcol, exc) from None
+
+    @staticmethod
+    def _failed(level: int, mrow: int, mcol: int, exc: BaseException) -> RenderFailed:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RenderFailed(
+            f"level {level}, meta-tile row {mrow} col {mcol}: Mapnik could not draw it "
+            f"({reason}); look for a huge feature or label there"
+        )
 
     def render_bounds(self, b: Bounds, resolution: float) -> mapnik.Image:
         """Draw ``b`` (which must fit the image size at ``resolution``) and return the image."""
-        for name, lyr in self._mlayers.items():
+        return self._draw(self.map, self._mlayers, b, resolution)
+
+    def _draw(
+        self,
+        m: mapnik.Map,
+        mlayers: dict,
+        b: Bounds,
+        resolution: float,
+        im: mapnik.Image | None = None,
+        detector: mapnik.LabelCollisionDetector | None = None,
+    ) -> mapnik.Image:
+        """Draw the held features meeting ``b``'s buffered extent with map ``m``, on ``im``
+        (a new image by default) with ``detector`` (Mapnik's own by default)."""
+        for name, lyr in mlayers.items():
             ds = mapnik.MemoryDatasource()
             index = self._index.get(name)
             if index is not None:
@@ -156,10 +182,85 @@ class Renderer:
                 for i in hits.tolist():
                     ds.add_feature(self._feature(name, i))
             lyr.datasource = ds
-        self.map.zoom_to_box(mapnik.Box2d(b.xmin, b.ymin, b.xmax, b.ymax))
-        im = mapnik.Image(*self.size)
-        mapnik.render(self.map, im)
+        m.zoom_to_box(mapnik.Box2d(b.xmin, b.ymin, b.xmax, b.ymax))
+        if im is None:
+            im = mapnik.Image(*self.size)
+        if detector is None:
+            mapnik.render(m, im)
+        else:
+            mapnik.render_with_detector(m, im, detector)
         return im
+
+    def batch_unsafe(self) -> str | None:
+        """Why this style's picture could change when a layer is drawn in several passes
+        (:meth:`tiles_in_passes`); ``None`` when it can't."""
+        return batch_unsafe(self._xml)
+
+    def _overlay_map(self) -> tuple[mapnik.Map, dict]:
+        """The style's map without its background: later passes draw over earlier ones."""
+        if self._overlay is None:
+            self._overlay = self._load_map(without_background(self._xml))
+        return self._overlay
+
+    def tiles_in_passes(
+        self,
+        level: int,
+        items: Sequence[tuple[int, int, Sequence[tuple[int, int]] | None]],
+        passes: Mapping[str, Iterable[LayerData]],
+    ) -> list[TileResult]:
+        """The tiles of meta-tiles ``items`` ((mrow, mcol, wanted)), drawn layer by layer.
+
+        ``passes`` gives per layer its features in batches, in full-scan order; a layer
+        left out has no feature there. Each batch is one Mapnik render onto the same
+        images, with the only layer active its own and one label collision detector per
+        meta-tile for all passes, and only the first pass paints the background. For a
+        style :meth:`batch_unsafe` passes, the picture is that of one render of every
+        feature, while only one batch is held at a time (tests compare the bytes).
+        """
+        res = self.scheme.resolution(level)
+        meta = self.settings.metatile
+        bounds = [metatile_bounds(self.scheme, level, r, c, meta) for r, c, _w in items]
+        images: list[mapnik.Image | None] = [None] * len(items)
+        detectors = [mapnik.LabelCollisionDetector(self.map) for _ in items]
+        active = {lyr.name: lyr.active for lyr in self.map.layers}
+        try:
+            for lyr in self.map.layers:
+                if lyr.name in self._rasters:  # drawn from the style's own datasource
+                    batches: Iterable[LayerData | None] = (None,)
+                elif lyr.name in passes:
+                    batches = passes[lyr.name]
+                else:
+                    continue
+                it = iter(batches)
+                while True:
+                    self.use_layers({})  # let the last batch go before reading the next
+                    batch = next(it, _DONE)
+                    if batch is _DONE:
+                        break
+                    self.use_layers({lyr.name: batch} if batch is not None else {})
+                    del batch
+                    for i, b in enumerate(bounds):
+                        m, mlayers = (
+                            (self.map, self._mlayers) if images[i] is None else self._overlay_map()
+                        )
+                        for other in m.layers:
+                            other.active = other.name == lyr.name and active[other.name]
+                        try:
+                            images[i] = self._draw(m, mlayers, b, res, images[i], detectors[i])
+                        except (MemoryError, RuntimeError) as exc:
+                            mrow, mcol, _w = items[i]
+                            raise self._failed(level, mrow, mcol, exc) from None
+        finally:
+            for m in (self.map, self._overlay[0] if self._overlay else None):
+                for other in m.layers if m is not None else ():
+                    other.active = active[other.name]
+            self.use_layers({})
+        out: list[TileResult] = []
+        for (mrow, mcol, wanted), b, im in zip(items, bounds, images, strict=True):
+            if im is None:  # no layer has a feature here: the background alone
+                im = self._draw(self.map, self._mlayers, b, res)
+            out.extend(self._cut(im, level, mrow, mcol, set(wanted) if wanted else None))
+        return out
 
     def tiles(
         self, level: int, mrow: int, mcol: int, wanted: set[tuple[int, int]] | None = None
@@ -170,7 +271,17 @@ class Renderer:
         ``wanted`` limits the output to those (row, col); by default every tile of
         the meta-tile is returned.
         """
-        im = self.render_metatile(level, mrow, mcol)
+        return self._cut(self.render_metatile(level, mrow, mcol), level, mrow, mcol, wanted)
+
+    def _cut(
+        self,
+        im: mapnik.Image,
+        level: int,
+        mrow: int,
+        mcol: int,
+        wanted: set[tuple[int, int]] | None,
+    ) -> list[TileResult]:
+        """Mapnik's image of a meta-tile, cut into encoded tiles."""
         if im.premultiplied():  # Mapnik's PNG writer demultiplies too: the same pixels
             im.demultiply()
         meta = self.settings.metatile
@@ -204,6 +315,80 @@ class Renderer:
                 opaque = mixed and tile is not None and tile[..., 3].min() == 255
                 out.append((level, row, col, encode(view, self.settings, opaque, tile)))
         return out
+
+
+_DONE: Any = object()
+
+#: attributes of ``<Map>`` that paint the background
+_BACKGROUND = (
+    "background-color",
+    "background-image",
+    "background-image-comp-op",
+    "background-image-opacity",
+)
+
+
+def without_background(xml: str) -> str:
+    """The style's XML without its background (a pass drawing over earlier ones)."""
+    root = ET.fromstring(xml)
+    for a in _BACKGROUND:
+        root.attrib.pop(a, None)
+    return ET.tostring(root, encoding="unicode")
+
+
+def batch_unsafe(xml: str) -> str | None:
+    """Why drawing a layer's features in consecutive passes (one label collision detector,
+    only that layer active) could differ from one render of them all; ``None`` if it can't.
+
+    Mapnik draws a layer style by style, and within a style feature by feature straight
+    onto the image, so batches in order draw the same picture, except where it draws a
+    layer or a style into a buffer of its own and composites it (``opacity``,
+    ``comp-op``, image filters), groups features (``group-by``), draws all features once
+    per style (several styles on one layer), or clears the labels at each layer start
+    (``clear-label-cache``, which every pass would repeat). And Mapnik demultiplies the
+    image after each render and the next one takes it as premultiplied, which is exact
+    only where every pixel is opaque: the map needs an opaque ``background-color``, and
+    no ``comp-op`` anywhere (one could clear pixels).
+    """
+    root = ET.fromstring(xml)
+    bg = (root.get("background-color") or "").strip()
+    try:
+        opaque = bool(bg) and mapnik.Color(bg).a == 255
+    except (RuntimeError, ValueError, TypeError):
+        opaque = False
+    if not opaque:  # Mapnik demultiplies after each render: exact only where alpha is 255
+        return "the map has no opaque background-color"
+    for el in root.iter():
+        if el.get("comp-op") or el.get("background-image-comp-op"):
+            return f"<{el.tag}> has a comp-op"
+    styles = {st.get("name"): st for st in root.iter("Style")}
+    for lyr in root.iter("Layer"):
+        name = lyr.get("name")
+        if (lyr.get("clear-label-cache") or "").strip().lower() in ("true", "on", "1", "yes"):
+            return f"layer {name!r} clears the label cache"
+        for attr in ("comp-op", "opacity", "group-by"):
+            value = (lyr.get(attr) or "").strip()
+            if value and not (attr == "opacity" and _is_one(value)):
+                return f"layer {name!r} has {attr}"
+        names = [(e.text or "").strip() for e in lyr.findall("StyleName")]
+        if len(names) > 1:
+            return f"layer {name!r} has {len(names)} styles"
+        for sname in names:
+            st = styles.get(sname)
+            if st is None:
+                continue
+            for attr in ("comp-op", "opacity", "image-filters", "direct-image-filters"):
+                value = (st.get(attr) or "").strip()
+                if value and not (attr == "opacity" and _is_one(value)):
+                    return f"style {sname!r} has {attr}"
+    return None
+
+
+def _is_one(value: str) -> bool:
+    try:
+        return float(value) == 1.0
+    except ValueError:
+        return False
 
 
 #: Solid tiles already encoded in this process: (colour, width, height, encoding) -> bytes
