@@ -36,6 +36,7 @@ CORE_FILES = frozenset(
         "test_pro_maps.py",
         "test_plan_cli.py",
         "test_plan_fast.py",
+        "test_snapshot_reads.py",
     }
 )
 NO_MAPNIK_REASON = "needs Mapnik; this is the no-Mapnik CI venv (TILEDELTA_CORE_VENV=1)"

@@ -253,7 +253,7 @@ def _check_null_geometries(
     """:class:`SourceError` when a feature the last build drew now has no geometry: the
     source was read incompletely (GDAL gives a cut shapefile's records no geometry), so
     deleting its tiles would be wrong."""
-    if old is None or not len(data.null_keys) or not len(old.keys):
+    if old is None or not len(data.null_keys) or not len(old):
         return
     okeys, nulls = np.asarray(old.keys), np.asarray(data.null_keys)
     if okeys.dtype.kind != nulls.dtype.kind or object in (okeys.dtype, nulls.dtype):
@@ -281,10 +281,10 @@ def check_mass_delete(
     lost_by: dict[str, int] = {n: c.deleted - c.added for n, c in changes.layers.items()}
     for name, old in changes.snapshot.items():
         if name not in lost_by and layers is not None and name in layers:
-            lost_by[name] = len(old.keys) - len(layers[name])
+            lost_by[name] = len(old) - len(layers[name])
     for name, lost in lost_by.items():
         snap = changes.snapshot.get(name)
-        before = len(snap.keys) if snap is not None else 0
+        before = len(snap) if snap is not None else 0
         layer_cfg = cfg.layers.get(name)
         share = cfg.update.max_delete_share
         if layer_cfg is not None and layer_cfg.max_delete_share is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
 import time
+import weakref
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,13 +129,20 @@ def make_state_dir(project: Project) -> Path:
     return d
 
 
-def connect(project: Project, target: str = "local") -> sqlite3.Connection:
+def connect(
+    project: Project, target: str = "local", *, check_same_thread: bool = True
+) -> sqlite3.Connection:
     """The state database of ``target``, created when absent; its errors are one line
     (:class:`StateError`, :class:`StateBusy` after :data:`BUSY_TIMEOUT` seconds)."""
     make_state_dir(project)
     path = state_db(project, target)
     try:
-        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, factory=_StateConnection)
+        con = sqlite3.connect(
+            path,
+            timeout=BUSY_TIMEOUT,
+            factory=_StateConnection,
+            check_same_thread=check_same_thread,
+        )
     except sqlite3.Error as exc:
         raise state_error(exc, path) from exc
     assert isinstance(con, _StateConnection)
@@ -160,31 +169,104 @@ def _unpack(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+#: Bytes per read of a stored array (``sqlite3`` blob I/O): a whole blob fetched at once
+#: is held by SQLite, by Python's ``bytes`` and by the array together.
+BLOB_PIECE = 1 << 24
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a ``_pack``-ed array's data starts in its blob, and its shape and type."""
+
+    offset: int
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+
+
+def _layout(blob: sqlite3.Blob) -> _Layout | None:
+    """The ``.npy`` header of ``blob``, or None for a format read whole (not 1.0 or 2.0)."""
+    blob.seek(0)
+    head = io.BytesIO(blob.read(min(len(blob), 1 << 16)))
+    version = np.lib.format.read_magic(head)
+    if version not in ((1, 0), (2, 0)):
+        return None
+    read = np.lib.format.read_array_header_1_0
+    if version == (2, 0):
+        read = np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(head)
+    return _Layout(head.tell(), tuple(shape), bool(fortran), np.dtype(dtype))
+
+
+def _read_into(blob: sqlite3.Blob, column: str, start: int, raw: np.ndarray) -> None:
+    """Fill the bytes ``raw`` from ``blob`` at ``start``, :data:`BLOB_PIECE` at a time."""
+    blob.seek(start)
+    pos = 0
+    while pos < len(raw):
+        piece = blob.read(min(BLOB_PIECE, len(raw) - pos))
+        if not piece:
+            raise ValueError(f"layers.{column}: the stored array is cut short")
+        raw[pos : pos + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+        pos += len(piece)
+
+
 def _read_blob(con: sqlite3.Connection, column: str, rowid: int) -> np.ndarray:
     """The array ``_pack`` stored in ``layers.column``, read from the blob in pieces into
     the array's own buffer: fetching a whole blob holds SQLite's copy, Python's bytes and
     the array at once (at ten million features, 320 MB of boxes three times)."""
     with con.blobopen("layers", column, rowid, readonly=True) as blob:
-        head = io.BytesIO(blob.read(min(len(blob), 1 << 16)))
-        version = np.lib.format.read_magic(head)
-        if version not in ((1, 0), (2, 0)):
+        lay = _layout(blob)
+        if lay is None:
             blob.seek(0)
             return _unpack(blob.read())
-        read = np.lib.format.read_array_header_1_0
-        if version == (2, 0):
-            read = np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(head)
-        flat = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=dtype)
-        raw = flat.view(np.uint8)
-        blob.seek(head.tell())
-        pos = 0
-        while pos < len(raw):
-            piece = blob.read(min(1 << 24, len(raw) - pos))
-            if not piece:
-                raise ValueError(f"layers.{column}: the stored array is cut short")
-            raw[pos : pos + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
-            pos += len(piece)
-    return flat.reshape(shape, order="F" if fortran else "C")
+        flat = np.empty(int(np.prod(lay.shape, dtype=np.int64)), dtype=lay.dtype)
+        _read_into(blob, column, lay.offset, flat.view(np.uint8))
+    return flat.reshape(lay.shape, order="F" if lay.fortran else "C")
+
+
+#: Rows between two wanted ones that :func:`_read_rows` reads through rather than seek
+#: past: one read of a run of rows costs less than many reads of a few.
+ROW_GAP = 2048
+
+
+def _read_rows(
+    con: sqlite3.Connection, column: str, rowid: int, idx: np.ndarray
+) -> np.ndarray | None:
+    """``array[idx]`` of the array stored in ``layers.column`` (rows of its first axis),
+    reading only the stretches of the blob that hold them; None when the array is not
+    stored row by row (Fortran order, another ``.npy`` version): read it whole."""
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    with con.blobopen("layers", column, rowid, readonly=True) as blob:
+        lay = _layout(blob)
+        if lay is None or not lay.shape or (lay.fortran and len(lay.shape) > 1):
+            return None
+        rows, tail = lay.shape[0], lay.shape[1:]
+        out = np.empty((len(idx), *tail), dtype=lay.dtype)
+        if not len(idx):
+            return out
+        if idx.min() < -rows or idx.max() >= rows:
+            raise IndexError(f"layers.{column}: row index out of range for {rows} rows")
+        idx = np.where(idx < 0, idx + rows, idx)
+        width = lay.dtype.itemsize * int(np.prod(tail, dtype=np.int64))
+        order = np.argsort(idx, kind="stable")
+        want = idx[order]
+        # Stretches of wanted rows: a new one where the gap is wide or the stretch long.
+        per = max(1, BLOB_PIECE // max(width, 1))
+        cut = np.flatnonzero(np.diff(want) > ROW_GAP) + 1
+        bounds = [0, *cut.tolist(), len(want)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            while a < b:
+                first = int(want[a])
+                end = a + int(np.searchsorted(want[a:b], first + per, "left"))
+                size = (int(want[end - 1]) - first + 1) * width  # at most BLOB_PIECE
+                blob.seek(lay.offset + first * width)
+                buf = blob.read(size)
+                if len(buf) != size:
+                    raise ValueError(f"layers.{column}: the stored array is cut short")
+                got = np.frombuffer(buf, dtype=lay.dtype).reshape(-1, *tail)
+                out[order[a:end]] = got[want[a:end] - first]
+                a = end
+    return out
 
 
 #: Bumped when what a snapshot records changes meaning (2: fingerprints of the geometry as
@@ -287,11 +369,93 @@ def record_build(
     return int(cur.lastrowid)
 
 
-@dataclass
+class _Reader:
+    """The state database held in the read transaction a snapshot was loaded in, while
+    some of its arrays are still unread: what is read later belongs to the same snapshot,
+    whatever another process records meanwhile. Closed after the last of them is read,
+    or when the snapshot is dropped."""
+
+    def __init__(self, con: _StateConnection, unread: int) -> None:
+        self.con, self.unread = con, unread
+        self.lock = threading.Lock()
+        self.close = weakref.finalize(self, con.close)
+        if not unread:
+            self.close()
+
+    def array(self, column: str, rowid: int) -> np.ndarray:
+        """The whole stored array (it is not read again: one unread array less)."""
+        with self.lock:
+            try:
+                return _read_blob(self.con, column, rowid)
+            except sqlite3.Error as exc:
+                raise state_error(exc, self.con.state_path) from exc
+            finally:
+                self.unread -= 1
+                if self.unread <= 0:
+                    self.close()
+
+    def rows(self, column: str, rowid: int, idx: np.ndarray) -> np.ndarray | None:
+        """Rows ``idx`` of the stored array (see :func:`_read_rows`)."""
+        with self.lock:
+            try:
+                return _read_rows(self.con, column, rowid, idx)
+            except sqlite3.Error as exc:
+                raise state_error(exc, self.con.state_path) from exc
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """An array of a snapshot not read yet: ``layers.column`` of row ``rowid``."""
+
+    reader: _Reader
+    column: str
+    rowid: int
+
+
 class LayerSnapshot:
-    keys: np.ndarray
-    fingerprints: np.ndarray
-    bounds: np.ndarray
+    """One layer of the last build: per feature its key, fingerprint and box, in draw order.
+
+    Loaded by :func:`load_snapshot`, only the fingerprints are read at once. The keys and
+    boxes are read whole when first used, and :meth:`bounds_at` reads only the rows asked
+    for, so a diff that needs the old places of the changed features never holds every
+    old box (docs/dask.md)."""
+
+    def __init__(
+        self,
+        keys: np.ndarray | _Stored,
+        fingerprints: np.ndarray,
+        bounds: np.ndarray | _Stored,
+    ) -> None:
+        self._keys, self.fingerprints, self._bounds = keys, fingerprints, bounds
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+    def __repr__(self) -> str:
+        return f"LayerSnapshot({len(self):,} features)"
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Key field values or feature ids (read from the state database on first use)."""
+        if isinstance(self._keys, _Stored):
+            self._keys = self._keys.reader.array(self._keys.column, self._keys.rowid)
+        return self._keys
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(n, 4) boxes (read from the state database on first use)."""
+        if isinstance(self._bounds, _Stored):
+            self._bounds = self._bounds.reader.array(self._bounds.column, self._bounds.rowid)
+        return self._bounds
+
+    def bounds_at(self, idx: np.ndarray) -> np.ndarray:
+        """``bounds[idx]`` for integer positions ``idx``, without reading the other rows."""
+        stored = self._bounds
+        if isinstance(stored, _Stored):
+            got = stored.reader.rows(stored.column, stored.rowid, idx)
+            if got is not None:
+                return got
+        return self.bounds[np.asarray(idx, dtype=np.int64)]
 
 
 @dataclass
@@ -301,19 +465,45 @@ class Snapshot:
 
 
 def load_snapshot(project: Project, target: str = "local") -> Snapshot | None:
-    """The last build's snapshot, or None before the first build."""
+    """The last build's snapshot, or None before the first build.
+
+    The fingerprints are read now; each layer's keys and boxes when first used, in the
+    same read transaction (held open until then: a WAL database lets writers go on
+    meanwhile; in any other journal mode everything is read now)."""
     if project.state_dir.exists() and not project.state_dir.is_dir():
         make_state_dir(project)  # the one-line StateError: .tiledelta is a file
     if not state_db(project, target).exists():
         return None
-    with closing(connect(project, target)) as con:
+    con = connect(project, target, check_same_thread=False)
+    assert isinstance(con, _StateConnection)
+    try:
+        wal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+        con.execute("BEGIN")  # one read transaction: one snapshot, whatever is read later
         row = con.execute("SELECT value FROM meta WHERE key='signature'").fetchone()
         if row is None:
+            con.close()
             return None
         snap = Snapshot(signature=json.loads(row[0]))
-        for rowid, name in con.execute("SELECT rowid, name FROM layers").fetchall():
-            keys, fps, bounds = (_read_blob(con, c, rowid) for c in ("keys", "fps", "bounds"))
+        rows = con.execute("SELECT rowid, name FROM layers").fetchall()
+        # Keys and boxes read later, in this transaction (the reader closes it after them).
+        reader = _Reader(con, 2 * len(rows)) if wal and rows else None
+        for rowid, name in rows:
+            fps = _read_blob(con, "fps", rowid)
+            keys: np.ndarray | _Stored
+            bounds: np.ndarray | _Stored
+            if reader is not None:
+                keys, bounds = _Stored(reader, "keys", rowid), _Stored(reader, "bounds", rowid)
+            else:
+                keys, bounds = _read_blob(con, "keys", rowid), _read_blob(con, "bounds", rowid)
             snap.layers[name] = LayerSnapshot(keys, fps, bounds)
+    except sqlite3.Error as exc:
+        con.close()
+        raise state_error(exc, con.state_path) from exc
+    except BaseException:
+        con.close()
+        raise
+    if reader is None:
+        con.close()
     return snap
 
 

@@ -428,6 +428,8 @@ class DaskEngine:
                 hold.snapshot if hold else None,
                 pure=False,
             ).result()
+            if not data.wkb.flags.writeable:  # no geometry slots yet (chunked.no_geometry)
+                data.wkb = np.empty(len(data), dtype=object)
             if hold:  # a key that is not unique may bring more rows than asked for
                 data.wkb[idx] = _match(got, data.keys[idx], data.fingerprints[idx])
             else:

@@ -189,9 +189,16 @@ def empty_layer(src: LayerSource, keyed: bool) -> LayerData:
     )
 
 
+def no_geometry(n: int) -> np.ndarray:
+    """``n`` empty geometry slots (None) that take no memory: a read-only view of one None.
+    Who fills some (the Dask engine's ``complete``) makes a writable array first."""
+    return np.broadcast_to(np.array([None], dtype=object), (n,))
+
+
 def merge_pieces(src: LayerSource, pieces: list[LayerPiece]) -> tuple[LayerData, np.ndarray]:
     """The layer for detection, planning and the snapshot (geometry left empty: None per
-    feature, filled where needed with :func:`read_fids`), and its feature ids."""
+    feature, :func:`no_geometry`, filled where needed with :func:`read_fids`), and its
+    feature ids."""
     merger = PieceMerger(src, sum(len(p.fids) for p in pieces))
     for piece in pieces:
         merger.add(piece)
@@ -245,7 +252,7 @@ class PieceMerger:
         data = LayerData(
             name=self.src.name,
             keys=keys,
-            wkb=np.empty(n, dtype=object),
+            wkb=no_geometry(n),
             bounds=self.bounds[:n],
             attrs={},
             fingerprints=self.fps[:n],
