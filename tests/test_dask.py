@@ -179,18 +179,33 @@ def assert_same(local: Path, dask: Path, s_local: dict, s_dask: dict) -> None:
 # --- the sample county (GeoPackage, five layers, labels) -------------------------------
 
 
-@pytest.mark.parametrize("kind", ["compact", "mbtiles"])
-def test_sample_seed_and_update_equal_local(scheduler, sample_template, tmp_path, kind):
+def batched_tasks(address: str) -> int:
+    """Render tasks the cluster's workers drew in batches so far."""
+    with distributed.Client(address, timeout=30) as client:
+        return sum(c["batched_tasks"] for c in client.run(dask_engine.worker_counts).values())
+
+
+@pytest.mark.parametrize(
+    ("kind", "task_features"), [("compact", 0), ("mbtiles", 0), ("compact", 25)]
+)
+def test_sample_seed_and_update_equal_local(
+    scheduler, sample_template, tmp_path, kind, task_features
+):
+    """``task_features`` 25: every task holding more features reads and draws them in
+    batches of 25 (labels, lines, points, polygons), with the bytes of the local engine."""
     root = tmp_path / "county"
     shutil.copytree(sample_template, root)
     cache = "cache.mbtiles" if kind == "mbtiles" else "cache"
     api.init_project(root, style=root / "style.xml", levels="13-16", cache_kind=kind, force=True)
     p = api.load_project(root)
-    p.updated(render={"processes": 1}, cache={"path": cache}).save()
+    render = {"processes": 1, "task_features": task_features}
+    p.updated(render=render, cache={"path": cache}).save()
     local, dask = two(root, tmp_path)
 
+    before = batched_tasks(scheduler)
     s1 = api.seed(api.load_project(local), notify=False)
     s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert (batched_tasks(scheduler) > before) == bool(task_features)
     assert s1["tiles_written"] > 50
     assert_same(local, dask, s1, s2)
 
@@ -276,6 +291,17 @@ def test_clatsop_seed_and_update_equal_local(scheduler, clatsop, tmp_path, monke
     assert_same(local, dask, u1, u2)
 
 
+def test_clatsop_seed_in_batches_equals_local(scheduler, clatsop, tmp_path):
+    """Tasks of more than 4,000 buildings (levels 0-11) draw them 4,000 at a time."""
+    template, reference, s1 = clatsop
+    dask = copy_project(template, tmp_path / "dask")
+    api.load_project(dask).updated(render={"task_features": 4000}).save()
+    before = batched_tasks(scheduler)
+    s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert batched_tasks(scheduler) - before >= 12  # levels 0-11 at least
+    assert_same(reference, dask, s1, s2)
+
+
 def test_distributed_read_equals_local_read(scheduler, clatsop, monkeypatch):
     """Row ranges read on the workers give the full scan's ids, keys, boxes, fingerprints."""
     monkeypatch.setattr(dask_engine, "ROWS_PER_TASK", 3000)
@@ -348,6 +374,37 @@ def test_unreachable_scheduler_is_one_line(sample_project):
     state = sample_project / ".tiledelta"
     assert sorted(p.name for p in state.iterdir()) == ["run.lock"]
     assert sorted(p.name for p in sample_project.iterdir()) == sorted([*before, ".tiledelta"])
+
+
+def test_a_task_over_its_timeout_stops_the_run_naming_it(scheduler, tmp_path):
+    """``[render] metatile_timeout`` holds on Dask too: per meta-tile of a task, counted
+    from when the task is first in line; one line, exit 1, no cache, no snapshot."""
+    from test_faults import heavy_project
+
+    d = heavy_project(tmp_path / "heavy", vertices=200_000)
+    api.load_project(d).updated(render={"metatile_timeout": 0.05}).save()
+    t = time.monotonic()
+    proc = subprocess.run(
+        [str(CLI), "seed", "--project", str(d), "--scheduler", scheduler],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert time.monotonic() - t < 120
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("Dask: ")]
+    assert len(lines) == 1, proc.stderr
+    assert "meta-tile row" in lines[0] and "metatile_timeout = 0.05 s" in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (d / "cache").exists()
+    state = d / ".tiledelta" / "state.sqlite"
+    if state.exists():  # no snapshot recorded
+        con = sqlite3.connect(state)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            assert "layers" not in tables or not con.execute("SELECT 1 FROM layers").fetchall()
+        finally:
+            con.close()
 
 
 def test_source_missing_on_workers_stops_before_writing(scheduler, sample_project):

@@ -50,11 +50,21 @@ def _edit(pg, table: str) -> None:
     pg.execute(f"VACUUM FULL {table}")
 
 
-def test_postgis_seed_and_update_equal_local(scheduler, pg, table, county, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("key", "task_features"), [(None, 0), (None, 30), ("ref", 30)])
+def test_postgis_seed_and_update_equal_local(
+    scheduler, pg, table, county, tmp_path, monkeypatch, key, task_features
+):
+    """``task_features`` 30: tasks read their features by key 30 at a time (``ref``: a
+    repeated, partly NULL text key, whose equal keys a batch must not split)."""
     monkeypatch.setattr(dask_engine, "ROWS_PER_TASK", 97)  # several key ranges
     _load(pg, table, county)
-    local = _project(tmp_path / "local" / "p", table)
-    dask = _project(tmp_path / "dask" / "p", table)
+    if key:
+        pg.execute(f"ALTER TABLE {table} ADD COLUMN ref text")
+        pg.execute(f"UPDATE {table} SET ref = 'r' || lpad((bid / 3)::text, 5, '0')")
+        pg.execute(f"UPDATE {table} SET ref = NULL WHERE bid % 17 = 0")
+    local = _project(tmp_path / "local" / "p", table, key)
+    dask = _project(tmp_path / "dask" / "p", table, key)
+    api.load_project(dask).updated(render={"task_features": task_features}).save()
     s1 = api.seed(api.load_project(local), notify=False)
     s2 = api.seed(on_dask(dask, scheduler), notify=False)
     assert s1["tiles_written"] > 20

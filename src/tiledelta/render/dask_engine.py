@@ -161,6 +161,15 @@ def _use_layers(renderer: Any, layers: dict[str, LayerData]) -> None:
 REUSE_SHARE = 0.5
 
 
+#: What this worker process did (read with :func:`worker_counts`, e.g. ``Client.run``).
+_counts = {"batched_tasks": 0}
+
+
+def worker_counts() -> dict[str, int]:
+    """How many render tasks this worker process drew in batches."""
+    return dict(_counts)
+
+
 def _reusable(run: str, fids: dict[str, np.ndarray]) -> bool:
     """True when this thread's renderer already holds every feature of the task (same run);
     ``fids`` are the features' places in the client's layers, sorted."""
@@ -187,6 +196,7 @@ def render_task(
     task: Task,
     run: str,
     snapshots: dict[str, str] | None = None,
+    max_features: int = 0,
 ) -> list[TileResult]:
     """One render task on a worker: read its features from the sources, draw its meta-tiles.
 
@@ -199,10 +209,28 @@ def render_task(
     run, :data:`REUSE_SHARE`) therefore draws the same picture. (Feature ids are the
     task's, not the whole layer's: Mapnik's memory datasource does not draw them; a
     ``[mapnik::feature_id]`` label reads the same on either engine.)
+
+    A task needing more than ``max_features`` features (0: no limit) reads and draws them
+    in batches of at most that many, one held at a time
+    (:meth:`~tiledelta.render.renderer.Renderer.tiles_in_passes`), when the style allows
+    it (:func:`~tiledelta.render.renderer.batch_unsafe`): the same picture, with the
+    worker's memory bounded whatever the dataset.
     """
     renderer = _renderer(style, scheme, settings)
     places = {name: pos for name, (pos, _ids) in need.items()}
     snaps = snapshots or {}
+    level, items = task
+    total = sum(len(pos) for pos in places.values())
+    if max_features and total > max_features and renderer.batch_unsafe() is None:
+        _local.held = None  # hold one batch, nothing of an earlier read
+        _counts["batched_tasks"] += 1
+        _use_layers(renderer, {})
+        passes = {
+            src.name: _batches(src, scheme.crs, key, need[src.name][1], max_features, snaps)
+            for src, key in sources
+            if src.name in need
+        }
+        return renderer.tiles_in_passes(level, items, passes)
     if not _reusable(run, places):
         _local.held = None
         _use_layers(renderer, {})
@@ -214,11 +242,37 @@ def render_task(
         }
         _use_layers(renderer, layers)
         _local.held = (run, places)
-    level, items = task
     out: list[TileResult] = []
     for mrow, mcol, wanted in items:
         out.extend(renderer.tiles(level, mrow, mcol, set(wanted) if wanted else None))
     return out
+
+
+def _batches(
+    src: LayerSource,
+    crs: str,
+    key: str | None,
+    ids: np.ndarray,
+    size: int,
+    snapshots: dict[str, str],
+) -> Iterator[LayerData]:
+    """A task's features of one layer, read ``size`` at a time in the order given (PostGIS
+    keys: a batch never splits a run of equal keys, which one read returns together)."""
+    start = 0
+    while start < len(ids):
+        stop = min(start + size, len(ids))
+        if src.kind == "postgis":
+            while stop < len(ids) and ids[stop] == ids[stop - 1]:
+                stop += 1
+        yield read_ids(src, crs, key, ids[start:stop], snapshots.get(src.name))
+        start = stop
+
+
+def batch_reason(style: Style) -> str | None:
+    """On a worker: why ``style`` can't be drawn in batches (``None`` if it can)."""
+    from tiledelta.render.renderer import batch_unsafe
+
+    return batch_unsafe(style.xml_without_datasources)
 
 
 # --- the client ------------------------------------------------------------------------
@@ -237,6 +291,7 @@ class DaskEngine:
                 f'[render] engine = "dask" needs the dask extra: {DASK_EXTRA}'
             ) from exc
         self._distributed = distributed
+        self.say = say
         # Dask logs every worker start and stop at INFO; tiledelta's -v shows its own lines.
         logging.getLogger("distributed").setLevel(logging.WARNING)
         cfg = project.config.render
@@ -398,16 +453,26 @@ class DaskEngine:
         )
         return data
 
-    def _ordered(self, calls: Iterator[tuple]) -> Iterator[Any]:
-        """Submit ``calls`` keeping a bounded number in flight; yield results in order."""
+    def _ordered(
+        self, calls: Iterator[tuple], timeout: Callable[[tuple], float | None] | None = None
+    ) -> Iterator[Any]:
+        """Submit ``calls`` keeping a bounded number in flight; yield results in order.
+
+        ``timeout(args)`` is how long a call may take once it is first in line (earlier
+        results all in): the wait for it ends there, with the error it raises."""
         window: deque = deque()
         limit = IN_FLIGHT * self.threads
+
+        def first() -> Any:
+            future, args = window.popleft()
+            return _result(future, timeout(args) if timeout else None, args)
+
         for fn, *args in calls:
-            window.append(self.client.submit(fn, *args, pure=False))
+            window.append((self.client.submit(fn, *args, pure=False), args))
             while len(window) >= limit:
-                yield _result(window.popleft())
+                yield first()
         while window:
-            yield _result(window.popleft())
+            yield first()
 
     def complete(self, project: Project, layers: dict[str, LayerData], changes: Changes) -> None:
         """Read the geometry of the added and modified features (the run folder's
@@ -478,13 +543,40 @@ class DaskEngine:
             return out
 
         run_id = uuid.uuid4().hex  # workers reuse features only within one run
+        limit = project.config.render.task_features
+        largest = max((len(d) for d in layers.values()), default=0)
+        if limit and largest > limit:
+            reason = _result(self.client.submit(batch_reason, style_f, pure=False))
+            if reason:
+                self.say(
+                    f"Dask: this style can't be drawn in batches of {limit:,} features "
+                    f"({reason}); a task holds every feature its meta-tiles reach (all "
+                    f"{largest:,} at the lowest levels)"
+                )
+
+        seconds = project.config.render.metatile_timeout
+
+        def timeout(args: tuple) -> float:
+            """A render task's time: ``metatile_timeout`` per meta-tile (its 6th argument)."""
+            return seconds * len(args[5][1])
 
         def run(tasks: Iterator[Task]) -> Iterator[list[TileResult]]:
             calls = (
-                (render_task, style_f, scheme_f, settings, sources, needs(t), t, run_id, snapshots)
+                (
+                    render_task,
+                    style_f,
+                    scheme_f,
+                    settings,
+                    sources,
+                    needs(t),
+                    t,
+                    run_id,
+                    snapshots,
+                    limit,
+                )
                 for t in tasks
             )
-            yield from self._ordered(calls)
+            yield from self._ordered(calls, timeout)
 
         return run
 
@@ -508,12 +600,21 @@ def _match(got: LayerData, keys: np.ndarray, fps: np.ndarray) -> np.ndarray:
     return out
 
 
-def _result(future: Any) -> Any:
-    """A task's result; a worker-side tiledelta error is raised as itself."""
+def _result(future: Any, timeout: float | None = None, args: tuple = ()) -> Any:
+    """A task's result; a worker-side tiledelta error is raised as itself. A render task
+    (``args``) still running after ``timeout`` seconds is cancelled and named."""
     try:
-        return future.result()
+        return future.result(timeout=timeout)
     except TileDeltaError:
         raise
+    except TimeoutError:
+        if timeout is None or future.done():
+            raise
+        from tiledelta.render.pool import task_timeout
+
+        future.cancel()
+        level, items = args[5]
+        raise task_timeout(level, items, timeout / max(len(items), 1)) from None
     except Exception as exc:
         name = type(exc).__name__
         if name == "KilledWorker":
