@@ -98,10 +98,16 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
 
 
 def memory(tmp: Path, levels: str, copies: int) -> None:
+    from tiledelta.api import load_project
+
     print(f"2. worker peak memory, levels {levels}, Dask with 2 workers (a fresh cluster each)")
     rows = []
-    for n in (1, copies):
-        root = copies_project(tmp / f"x{n}", levels, n)
+    # 1x and Nx with the default [render] task_features, then Nx with no limit (the
+    # worker holds every feature a task needs, as before batched drawing)
+    for n, limit in ((1, None), (copies, None), (copies, 0)):
+        root = copies_project(tmp / f"x{n}-{limit}", levels, n)
+        if limit is not None:
+            load_project(root).updated(render={"task_features": limit}).save()
         cluster, client = _cluster(2)
         try:
             base = _worker_peak_mb(client)
@@ -111,13 +117,15 @@ def memory(tmp: Path, levels: str, copies: int) -> None:
             client.close()
             cluster.close()
         rows.append((peak, peak - base))
+        what = "task_features 0" if limit == 0 else "default"
         print(
-            f"   {n:>2} x buildings ({23953 * n:>7,}) {t:>7.1f} s, "
+            f"   {n:>2} x buildings ({23953 * n:>7,}, {what:<15}) {t:>7.1f} s, "
             f"{result['tiles_written']:>7,} tiles, worker peak RSS {peak:>6.0f} MB "
             f"(at start {base:.0f} MB)"
         )
     print(f"   ratio of peaks          {rows[1][0] / rows[0][0]:>10.2f}x   (goal: at most 1.5x)")
     print(f"   ratio of growth over start {rows[1][1] / max(rows[0][1], 1):>7.2f}x")
+    print(f"   without a limit: ratio of peaks {rows[2][0] / rows[0][0]:.2f}x")
 
 
 def _detect_step(root: str, address: str, record: bool, out) -> None:
