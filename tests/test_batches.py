@@ -163,3 +163,57 @@ def test_a_reading_task_in_parts_equals_one_read(county, monkeypatch):
             else:
                 assert a == b
     assert {"parcels", "buildings", "roads"} <= set(tried)  # roads: a key field
+
+
+def test_a_dense_run_of_features_is_read_by_position(tmp_path, monkeypatch):
+    """A render task's features read as one run of rows (skip/max) equal the read by
+    feature id: with rows of no geometry before them (``slack``), deleted rows (gaps in
+    the ids), in a shapefile and a GeoPackage; a wrong ``first`` falls back to ids."""
+    import pyogrio
+    import shapely
+
+    from tiledelta.sources import LayerSource
+
+    n = 300
+    geoms = [shapely.box(i * 10.0, 0, i * 10.0 + 5, 5) for i in range(n)]
+    wkb = np.array([None if i in (3, 7, 150) else shapely.to_wkb(g) for i, g in enumerate(geoms)])
+    kind = np.array([f"k{i % 4}" for i in range(n)], dtype=object)
+    calls: list[dict] = []
+    real = chunked.read_raw
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunked, "read_raw", spy)
+    for driver, name in (("GPKG", "t.gpkg"), ("ESRI Shapefile", "t.shp")):
+        path = tmp_path / name
+        keep = np.array([i not in (40, 41, 200) for i in range(n)])  # deleted rows
+        pyogrio.raw.write(
+            str(path), wkb[keep], [kind[keep]], ["kind"], driver=driver,
+            geometry_type="Polygon", crs="EPSG:3857",
+        )  # fmt: skip
+        src = LayerSource(name="t", kind="ogr", path=str(path), attributes=("kind",))
+        full = chunked.read_fids(src, "EPSG:3857", None, chunked.read_raw(src, None).fids)
+        all_fids = np.asarray(full.keys, dtype=np.int64)  # rows with geometry, scan order
+        nulls = len(full.null_keys)
+        assert nulls == 3
+        for a, b in ((0, 20), (30, 120), (100, len(all_fids))):
+            want = all_fids[a:b]
+            calls.clear()
+            by_id = chunked.read_fids(src, "EPSG:3857", None, want)
+            calls.clear()
+            fast = chunked.read_fids(src, "EPSG:3857", None, want, None, a, nulls)
+            assert [c.get("skip_features") for c in calls] == [a], driver
+            for f in ("keys", "bounds", "fingerprints"):
+                assert np.array_equal(getattr(fast, f), getattr(by_id, f)), (driver, f)
+            assert list(fast.wkb) == list(by_id.wkb) and fast.attrs == by_id.attrs
+        # too late a start: the run misses the first features, so they are read by id
+        want = all_fids[30:120]
+        calls.clear()
+        late = chunked.read_fids(src, "EPSG:3857", None, want, None, 60, nulls)
+        assert "fids" in calls[-1] and np.array_equal(late.keys, want)
+        # sparse features: read by id at once
+        calls.clear()
+        chunked.read_fids(src, "EPSG:3857", None, all_fids[::3], None, 0, nulls)
+        assert len(calls) == 1 and "fids" in calls[0]

@@ -197,12 +197,15 @@ def render_task(
     run: str,
     snapshots: dict[str, str] | None = None,
     max_features: int = 0,
+    slack: dict[str, int] | None = None,
 ) -> list[TileResult]:
     """One render task on a worker: read its features from the sources, draw its meta-tiles.
 
     ``need`` gives per layer the features' places in the full layer (sorted) and what to
     read them by: GDAL feature ids, or PostGIS keys (read in the run's exported
-    ``snapshots``, by layer name).
+    ``snapshots``, by layer name). A file layer's place is at most its row's scan
+    position and at most ``slack`` (its rows with no geometry) rows before it, so a dense
+    run of features is read by position (:func:`~tiledelta.sources.chunked.read_fids`).
 
     The renderer draws, per meta-tile, the features whose box meets its buffered extent, in
     full-scan order; holding more features than the task needs (a reused read of the same
@@ -219,6 +222,7 @@ def render_task(
     renderer = _renderer(style, scheme, settings)
     places = {name: pos for name, (pos, _ids) in need.items()}
     snaps = snapshots or {}
+    slacks = slack or {}
     level, items = task
     total = sum(len(pos) for pos in places.values())
     if max_features and total > max_features and renderer.batch_unsafe() is None:
@@ -226,7 +230,7 @@ def render_task(
         _counts["batched_tasks"] += 1
         _use_layers(renderer, {})
         passes = {
-            src.name: _batches(src, scheme.crs, key, need[src.name][1], max_features, snaps)
+            src.name: _batches(src, scheme.crs, key, need[src.name], max_features, snaps, slacks)
             for src, key in sources
             if src.name in need
         }
@@ -235,7 +239,7 @@ def render_task(
         _local.held = None
         _use_layers(renderer, {})
         layers = {
-            src.name: read_ids(src, scheme.crs, key, need[src.name][1], snaps.get(src.name))
+            src.name: _read(src, scheme.crs, key, need[src.name], snaps, slacks)
             if src.name in need
             else empty_layer(src, key is not None or src.kind == "postgis")
             for src, key in sources
@@ -248,23 +252,42 @@ def render_task(
     return out
 
 
+def _read(
+    src: LayerSource,
+    crs: str,
+    key: str | None,
+    need: tuple[np.ndarray, np.ndarray],
+    snapshots: dict[str, str],
+    slacks: dict[str, int],
+) -> LayerData:
+    """A task's features of one layer: ``need`` is their places and ids (see
+    :func:`render_task`)."""
+    places, ids = need
+    first = int(places[0]) if len(places) and src.kind != "postgis" else None
+    return read_ids(
+        src, crs, key, ids, snapshots.get(src.name), None, first, slacks.get(src.name, 0)
+    )
+
+
 def _batches(
     src: LayerSource,
     crs: str,
     key: str | None,
-    ids: np.ndarray,
+    need: tuple[np.ndarray, np.ndarray],
     size: int,
     snapshots: dict[str, str],
+    slacks: dict[str, int],
 ) -> Iterator[LayerData]:
     """A task's features of one layer, read ``size`` at a time in the order given (PostGIS
     keys: a batch never splits a run of equal keys, which one read returns together)."""
+    places, ids = need
     start = 0
     while start < len(ids):
         stop = min(start + size, len(ids))
         if src.kind == "postgis":
             while stop < len(ids) and ids[stop] == ids[stop - 1]:
                 stop += 1
-        yield read_ids(src, crs, key, ids[start:stop], snapshots.get(src.name))
+        yield _read(src, crs, key, (places[start:stop], ids[start:stop]), snapshots, slacks)
         start = stop
 
 
@@ -543,6 +566,8 @@ class DaskEngine:
             return out
 
         run_id = uuid.uuid4().hex  # workers reuse features only within one run
+        # rows with no geometry are not among the places: a row is at most this many later
+        null_rows = {name: len(data.null_keys) for name, data in layers.items()}
         limit = project.config.render.task_features
         largest = max((len(d) for d in layers.values()), default=0)
         if limit and largest > limit:
@@ -573,6 +598,7 @@ class DaskEngine:
                     run_id,
                     snapshots,
                     limit,
+                    null_rows,
                 )
                 for t in tasks
             )
