@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 from test_dask import assert_same, cache_of, on_dask, scheduler  # noqa: F401
 from test_postgis import DSN, STYLE, _load, _params, county, pg, psycopg, table  # noqa: F401
@@ -181,3 +182,37 @@ def test_composite_key_is_one_line_on_dask(scheduler, pg, table, county, tmp_pat
     with pytest.raises(dask_engine.ClusterError, match=r"composite primary key \(kind, bid\)"):
         api.seed(on_dask(root, scheduler), notify=False)
     assert not (root / "cache").exists() and not (root / "cache.building").exists()
+
+
+def test_clatsop_buildings_in_postgis_on_dask_equal_local(
+    scheduler, pg, table, tmp_path, monkeypatch
+):
+    """The 23,953 Clatsop buildings in a PostGIS table (WGS 84, shuffled heap), levels
+    0-14: detection in key ranges of 5,000 rows, render tasks over 4,000 features read by
+    key in batches; seed and update (moves, deletes, inserts) equal the local engine."""
+    from conftest import shared_path
+
+    shp = shared_path("data", "clatsop_buildings", "clatsop_buildings.shp")
+    _meta, _f, geoms, _values = pyogrio.raw.read(str(shp), return_fids=True)
+    kinds = ["commercial" if i % 5 == 0 else "residential" for i in range(len(geoms))]
+    _load(pg, table, (list(geoms), kinds, [2000] * len(geoms)))
+    monkeypatch.setattr(dask_engine, "ROWS_PER_TASK", 5000)
+    local = _project(tmp_path / "local" / "p", table, levels="0-14")
+    dask = _project(tmp_path / "dask" / "p", table, levels="0-14")
+    api.load_project(dask).updated(render={"task_features": 4000}).save()
+    s1 = api.seed(api.load_project(local), notify=False)
+    s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert s1["tiles_written"] > 500
+    assert_same(local, dask, s1, s2)
+
+    pg.execute(f"UPDATE {table} SET geom = ST_Translate(geom, 0.0005, 0) WHERE bid % 3001 = 0")
+    pg.execute(f"DELETE FROM {table} WHERE bid IN (17, 12000, 23900)")
+    pg.execute(
+        f"INSERT INTO {table} (kind, year_built, geom) SELECT 'commercial', 2024, "
+        f"ST_Translate(geom, 0, 0.0007) FROM {table} WHERE bid IN (5, 9000)"
+    )
+    u1 = api.update(api.load_project(local), notify=False)
+    u2 = api.update(on_dask(dask, scheduler), notify=False)
+    assert 0 < u1["metatiles_rendered"] < 300
+    assert u1["changes"] == u2["changes"]
+    assert_same(local, dask, u1, u2)
