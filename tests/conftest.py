@@ -37,6 +37,7 @@ CORE_FILES = frozenset(
         "test_plan_cli.py",
         "test_plan_fast.py",
         "test_snapshot_reads.py",
+        "test_snapshot_record.py",
     }
 )
 NO_MAPNIK_REASON = "needs Mapnik; this is the no-Mapnik CI venv (TILEDELTA_CORE_VENV=1)"

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,15 @@ def connect(
     return con
 
 
+#: Bytes per read or write of a stored array (``sqlite3`` blob I/O): a whole blob at once
+#: is held by SQLite, by Python's ``bytes`` and by the array together.
+BLOB_PIECE = 1 << 24
+
+
 def _pack(a: np.ndarray) -> bytes:
+    """The ``.npy`` bytes stored for ``a``, made whole in memory (:class:`_Npy` writes the
+    same bytes in pieces): an object array is stored as int64 when it holds integers
+    only, else as fixed-width text."""
     buf = io.BytesIO()
     if a.dtype == object:
         a = a.astype(np.int64) if all(isinstance(v, int | np.integer) for v in a) else a.astype(str)
@@ -165,13 +174,99 @@ def _pack(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+#: Rows of an object array turned into text at a time while finding the stored width.
+TEXT_ROWS = 1 << 14
+
+
+def _text_dtype(a: np.ndarray) -> np.dtype:
+    """The dtype ``a.astype(str)`` gives, found a piece at a time (the widest piece's)."""
+    widest = np.dtype("<U1")
+    for i in range(0, len(a), TEXT_ROWS):
+        got = a[i : i + TEXT_ROWS].astype(str).dtype
+        if got.itemsize > widest.itemsize:
+            widest = got
+    return widest
+
+
+class _Npy:
+    """An array as :func:`_pack` stores it, byte for byte, written to a blob in pieces of
+    about :data:`BLOB_PIECE`: the ``.npy`` header, then the array's own buffer (or, where
+    ``_pack`` converts the whole array, each piece converted in turn). ``_pack``'s copy,
+    its ``BytesIO`` and the ``bytes`` SQLite binds and copies again are never made.
+
+    ``dtype`` is what to store ``a`` as (``np.asarray(a, dtype)``, the boxes' float64).
+    An array to convert that is neither 1-D nor in C order is converted whole first, as
+    before; an object array of more than one axis, a type ``np.save`` refuses or pickles
+    and a header beyond ``.npy`` 1.0 are left to :func:`_pack` (whole)."""
+
+    head: bytes  # the header (or, packed whole, every byte)
+    size: int  # bytes stored in all
+    array: np.ndarray | None  # what the pieces come from (None: packed whole)
+    dtype: np.dtype | None  # what it is stored as
+    convert: bool = False  # each piece converted to ``dtype``
+
+    def __init__(self, a: np.ndarray, dtype: np.dtype | type | None = None) -> None:
+        a = np.asarray(a)
+        if dtype is not None:
+            target = np.dtype(dtype)
+        elif a.dtype != object:
+            target = a.dtype
+        elif a.ndim == 1:
+            ints = all(isinstance(v, int | np.integer) for v in a)
+            target = np.dtype(np.int64) if ints else _text_dtype(a)
+        else:
+            self._whole(a)
+            return
+        if target.hasobject or target.kind not in "biufcmMSUV":
+            self._whole(a if dtype is None else np.asarray(a, dtype=dtype))  # raises as np.save
+            return
+        self.convert = target != a.dtype
+        if self.convert and not (a.ndim == 1 or (a.ndim > 1 and a.flags.c_contiguous)):
+            a, self.convert = a.astype(target), False  # its own layout: converted whole
+        if self.convert:  # the C-order array astype would give
+            d = {"shape": a.shape, "fortran_order": False}
+            d["descr"] = np.lib.format.dtype_to_descr(target)
+        else:
+            d = np.lib.format.header_data_from_array_1_0(a)
+        head = io.BytesIO()
+        try:
+            np.lib.format.write_array_header_1_0(head, d)
+        except ValueError:  # np.save would write another version
+            self._whole(a)
+            return
+        self.head, self.array, self.dtype = head.getvalue(), a, target
+        self.size = len(self.head) + int(np.prod(a.shape, dtype=np.int64)) * target.itemsize
+
+    def _whole(self, a: np.ndarray) -> None:
+        self.head, self.array, self.dtype = _pack(a), None, None
+        self.size = len(self.head)
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        """The bytes after the header, as ``uint8`` arrays of about :data:`BLOB_PIECE`."""
+        a, dtype = self.array, self.dtype
+        if a is None or dtype is None or not a.size:
+            return
+        if not self.convert and (a.flags.c_contiguous or a.flags.f_contiguous):
+            # np.save writes the C order, or (fortran_order) the F order: a.T's C order
+            raw = (a if a.flags.c_contiguous else a.T).reshape(-1).view(np.uint8)
+            for i in range(0, len(raw), BLOB_PIECE):
+                yield raw[i : i + BLOB_PIECE]
+            return
+        width = max(1, dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)))
+        per = max(1, BLOB_PIECE // width)
+        for i in range(0, len(a), per):
+            yield a[i : i + per].astype(dtype, order="C").reshape(-1).view(np.uint8)
+
+    def write(self, blob: sqlite3.Blob) -> None:
+        """Write the stored bytes into ``blob`` (of :attr:`size` bytes) from its start."""
+        blob.seek(0)
+        blob.write(self.head)
+        for piece in self.pieces():
+            blob.write(piece.data)
+
+
 def _unpack(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
-
-
-#: Bytes per read of a stored array (``sqlite3`` blob I/O): a whole blob fetched at once
-#: is held by SQLite, by Python's ``bytes`` and by the array together.
-BLOB_PIECE = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -323,6 +418,28 @@ def layer_styles(project: Project, levels: list[int]) -> dict[str, dict]:
     }
 
 
+def _insert_layer(con: sqlite3.Connection, name: str, d: LayerData) -> None:
+    """One ``layers`` row for ``d`` (in the caller's transaction): blobs of zeros of the
+    stored arrays' sizes, then each array written into its blob in pieces (:class:`_Npy`),
+    so no array is held a second time, whole, as bytes."""
+    stored = {
+        "keys": _Npy(np.asarray(d.keys)),
+        "fps": _Npy(d.fingerprints),
+        "bounds": _Npy(np.asarray(d.bounds), np.float64),
+    }
+    cur = con.execute(
+        "INSERT INTO layers VALUES (?, ?, zeroblob(?), zeroblob(?), zeroblob(?))",
+        (name, len(d), *(npy.size for npy in stored.values())),
+    )
+    assert cur.lastrowid is not None
+    try:
+        for column, npy in stored.items():
+            with con.blobopen("layers", column, cur.lastrowid) as blob:
+                npy.write(blob)
+    except sqlite3.Error as exc:
+        raise state_error(exc, getattr(con, "state_path", Path("state.sqlite"))) from exc
+
+
 def record_build(
     project: Project,
     layers: dict[str, LayerData],
@@ -339,19 +456,8 @@ def record_build(
     sig["keyed"] = {name: d.keyed for name, d in layers.items()}
     with closing(connect(project, target)) as con, con:
         con.execute("DELETE FROM layers")
-        con.executemany(
-            "INSERT INTO layers VALUES (?, ?, ?, ?, ?)",
-            [
-                (
-                    name,
-                    len(d),
-                    _pack(np.asarray(d.keys)),
-                    _pack(d.fingerprints),
-                    _pack(np.asarray(d.bounds, dtype=np.float64)),
-                )
-                for name, d in layers.items()
-            ],
-        )
+        for name, d in layers.items():
+            _insert_layer(con, name, d)
         record_raster_files(con, layers)  # raster layers: each file's header and blocks
         record_inputs(con, layers)  # file-backed layers: what proves them unchanged next time
         con.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig),))
