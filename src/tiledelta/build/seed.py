@@ -340,6 +340,7 @@ def _full(
                 progress=ctx.progress,
                 blank=blank,
                 executor=engine.executor(project, layers),
+                chunk=engine.chunk,
             )
             journal.flush()
             if blank is not None:
@@ -432,6 +433,7 @@ def _refresh(
             progress=ctx.progress,
             blank=blank_fill(project, data_extent(layers)),
             executor=engine.executor(project, layers),
+            chunk=engine.chunk,
         )
     return BuildOutcome(
         kind="seed",

@@ -174,6 +174,7 @@ def _render(
         before=ctx.before,
         blank=blank,
         executor=engine.executor(ctx.project, layers),
+        chunk=engine.chunk,
     )
 
 

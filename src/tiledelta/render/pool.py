@@ -25,7 +25,7 @@ from tiledelta.render._mapnik import mapnik
 from tiledelta.render.index import BoxIndex, build_indexes
 from tiledelta.render.lifeline import bind_to_parent
 from tiledelta.render.renderer import Renderer
-from tiledelta.render.stats import BlankFill, RunStats, Solid, TileResult
+from tiledelta.render.stats import CHUNK, BlankFill, RunStats, Solid, TileResult
 from tiledelta.render.throttle import Throttle
 from tiledelta.sources import LayerData
 from tiledelta.style import Style
@@ -33,7 +33,6 @@ from tiledelta.style import Style
 log = logging.getLogger(__name__)
 
 BUNDLE = BUNDLE_PACKET  # tasks group meta-tiles by bundle
-CHUNK = 8  # meta-tiles per task
 
 _renderer: Renderer | None = None
 
@@ -81,8 +80,11 @@ def _work(task: tuple[int, list[tuple[int, int, tuple | None]]]) -> list[TileRes
     return out
 
 
-def _tasks(scheme: TilingScheme, plan: TilePlan) -> tuple[list, dict[tuple, int]]:
-    """Chunks of meta-tiles grouped by bundle, and the number of chunks per bundle."""
+def _tasks(
+    scheme: TilingScheme, plan: TilePlan, chunk: int = CHUNK
+) -> tuple[list, dict[tuple, int]]:
+    """Chunks of up to ``chunk`` meta-tiles grouped by bundle, and the number of chunks per
+    bundle."""
     meta = plan.metatile
     tasks: list = []
     per_group: dict[tuple, int] = {}
@@ -95,7 +97,7 @@ def _tasks(scheme: TilingScheme, plan: TilePlan) -> tuple[list, dict[tuple, int]
             full = len(tiles) == meta * meta
             groups.setdefault(key, []).append((mrow, mcol, None if full else tuple(tiles)))
         for key, items in groups.items():
-            chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+            chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
             per_group[key] = len(chunks)
             tasks.extend((key, (level, ch)) for ch in chunks)
     return tasks, per_group
@@ -165,6 +167,7 @@ def run_plan(
     executor: Executor | None = None,
     timeout: float | None = None,
     stop: threading.Event | None = None,
+    chunk: int = CHUNK,
 ) -> RunStats:
     """Render every meta-tile of ``plan`` and write its tiles into ``store``.
 
@@ -181,13 +184,15 @@ def run_plan(
     the same order; writing stays here.
     ``timeout`` bounds a meta-tile's render in worker processes, in seconds
     (:class:`~tiledelta.errors.RenderTimeout` naming the level and meta-tile).
+    ``chunk`` is the most meta-tiles a task holds (the engine's; the tiles, their order
+    within each bundle and the counts are the same for any).
     ``stop`` is set when the run fails, before its pool is ended: the task feed stops at
     once (a throttle given ``sleep=stop.wait`` wakes up), so ``Pool.terminate()`` never
     waits for a rate-capped feed's sleep.
     """
     stop = stop if stop is not None else threading.Event()
     stats = RunStats(metatiles=plan.metatile_count)
-    tasks, per_group = _tasks(scheme, plan)
+    tasks, per_group = _tasks(scheme, plan, chunk)
     if not tasks:
         return stats
     stats.planned = plan.tile_count(scheme)
@@ -346,6 +351,7 @@ def run_project_plan(
     before: Callable[[list], None] | None = None,
     blank: BlankFill | None = None,
     executor: Executor | None = None,
+    chunk: int = CHUNK,
 ) -> RunStats:
     """:func:`run_plan` with the project's style, scheme, settings, process count and
     tile-rate cap."""
@@ -368,6 +374,7 @@ def run_project_plan(
         executor=executor,
         timeout=project.config.render.metatile_timeout,
         stop=stop,
+        chunk=chunk,
     )
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from tiledelta.grid import Bounds, TilingScheme, tile_range
 
+#: Meta-tiles per task of the local pool (a Dask task holds more: ``DaskEngine.chunk``).
+CHUNK = 8
+
 
 class Solid(bytes):
     """The bytes of a rendered tile of one colour that is not the background (inside a
