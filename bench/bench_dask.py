@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
-from common import copies_project, make_project
+from common import copies_project, make_project, proc_status_mb, vm_hwm_mb
 
 
 def _cluster(n: int):
@@ -40,29 +39,15 @@ def _cluster(n: int):
 
 
 def _peak_mb() -> float:
-    """This process's own peak RSS. On Linux ``VmHWM``: ``ru_maxrss`` survives ``exec``,
-    so a spawned worker (Dask's nannies spawn) reports at least its parent's RSS at the
-    spawn (a bench parent holding 240 MB more gave fresh workers 381 MB against 62 MB)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS (:func:`common.vm_hwm_mb`: ``VmHWM``, not ``ru_maxrss``,
+    which a spawned worker inherits from its parent: a bench parent holding 240 MB more gave
+    fresh workers 381 MB against 62 MB). Run on workers too (``Client.run``)."""
+    return vm_hwm_mb()
 
 
 def _rss_mb() -> float | None:
     """This process's RSS now (``VmRSS``), or None where there is no ``/proc``."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return proc_status_mb("VmRSS")
 
 
 def _reset_peak() -> bool:

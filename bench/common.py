@@ -86,17 +86,23 @@ def peak_rss_mb() -> tuple[float, float]:
     return me, kids
 
 
-def vm_hwm_mb() -> float:
-    """This process's own peak RSS (MB). On Linux ``VmHWM``: ``ru_maxrss`` survives
-    ``exec``, so a spawned process would report at least its parent's RSS at the spawn."""
+def proc_status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` size (``VmHWM``, ``VmRSS``) in MB, or None without ``/proc``."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def vm_hwm_mb() -> float:
+    """This process's own peak RSS (MB). On Linux ``VmHWM``: ``ru_maxrss`` survives
+    ``exec``, so a spawned process would report at least its parent's RSS at the spawn."""
+    peak = proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def buildings_copies(copies: int):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.layers import layer
 
 from tiledelta.api import load_project
 from tiledelta.change import diff, record_build, snapshot
@@ -22,14 +23,7 @@ from tiledelta.sources import LayerData
 
 
 def _layer(name: str, fps: np.ndarray, boxes: np.ndarray, keys: np.ndarray) -> LayerData:
-    return LayerData(
-        name=name,
-        keys=keys,
-        wkb=np.empty(len(fps), dtype=object),
-        bounds=boxes,
-        attrs={},
-        fingerprints=fps,
-    )
+    return layer(name, keys=keys, fingerprints=fps, bounds=boxes)
 
 
 def _random_layer(project: Project, n: int, seed: int) -> LayerData:

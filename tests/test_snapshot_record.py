@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.layers import layer
 
 from tiledelta.api import load_project
 from tiledelta.change import record_build, snapshot
@@ -33,14 +34,7 @@ def _old_pack(a: np.ndarray) -> bytes:
 
 
 def _layer(name: str, keys, fps, bounds) -> LayerData:
-    return LayerData(
-        name=name,
-        keys=keys,
-        wkb=np.empty(len(fps), dtype=object),
-        bounds=bounds,
-        attrs={},
-        fingerprints=fps,
-    )
+    return layer(name, keys=keys, fingerprints=fps, bounds=bounds)
 
 
 def _stored(project: Project) -> dict[str, tuple[bytes, bytes, bytes]]:

@@ -62,6 +62,7 @@ class Renderer:
         self._rasters = {src.name for src in style.layers if src.kind in RASTER_TYPES}
         self.map, self._mlayers = self._load_map(self._xml)
         self._overlay: tuple[mapnik.Map, dict] | None = None
+        self._unsafe: Any = _UNSET  # batch_unsafe(), once asked
         self._buffers = {
             lyr.name: (lyr.buffer_size if lyr.buffer_size is not None else settings.buffer)
             for lyr in style.layers
@@ -193,8 +194,10 @@ class Renderer:
 
     def batch_unsafe(self) -> str | None:
         """Why this style's picture could change when a layer is drawn in several passes
-        (:meth:`tiles_in_passes`); ``None`` when it can't."""
-        return batch_unsafe(self._xml)
+        (:meth:`tiles_in_passes`); ``None`` when it can't. (Parsed once per renderer.)"""
+        if self._unsafe is _UNSET:
+            self._unsafe = batch_unsafe(self._xml)
+        return self._unsafe
 
     def _overlay_map(self) -> tuple[mapnik.Map, dict]:
         """The style's map without its background: later passes draw over earlier ones."""
@@ -317,7 +320,8 @@ class Renderer:
         return out
 
 
-_DONE: Any = object()
+_DONE: Any = object()  # the end of an iterator
+_UNSET: Any = object()  # not worked out yet
 
 #: attributes of ``<Map>`` that paint the background
 _BACKGROUND = (
