@@ -401,17 +401,24 @@ class CompactCache(TileStore):
 
     def put_many(self, tiles: Iterable[tuple[int, int, int, bytes | None]]) -> int:
         self._check_writable()
-        groups: dict[Path, dict[int, bytes | None]] = {}
+        # Grouped by (level, bundle row, bundle column): a path per bundle, not per tile.
+        groups: dict[tuple[int, int, int], dict[int, bytes | None]] = {}
+        levels: set[int] = set()
         for level, row, col, data in tiles:
-            self.scheme.lod(level)  # SchemeError for a level outside the scheme
+            if level not in levels:
+                self.scheme.lod(level)  # SchemeError for a level outside the scheme
+                levels.add(level)
             if row < 0 or col < 0:
                 raise CacheError(f"tile {level}/{row}/{col} has a negative row or column")
             if data is not None and not 0 < len(data) <= MAX_TILE_SIZE:
                 raise CacheError(f"tile {level}/{row}/{col}: {len(data)} bytes cannot be stored")
-            pos = record_index(row, col)
-            groups.setdefault(self.bundle_path(level, row, col), {})[pos] = data
+            key = (level, row // PACKET, col // PACKET)
+            groups.setdefault(key, {})[record_index(row, col)] = data
         changed = 0
-        items = list(groups.items())
+        items = [
+            (self.bundle_path(lv, r * PACKET, c * PACKET), updates)
+            for (lv, r, c), updates in groups.items()
+        ]
         with self._lock:
             for i in range(0, len(items), SYNC_BATCH):
                 changed += self._rewrite_bundles(items[i : i + SYNC_BATCH])
