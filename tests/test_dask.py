@@ -606,3 +606,17 @@ def test_piece_merger_equals_concatenation():
         assert np.array_equal(data.bounds, np.concatenate([p.bounds for p in pieces]))
         assert np.array_equal(data.fingerprints, np.concatenate([p.fingerprints for p in pieces]))
         assert len(data) == len(fids) and data.keyed == pieces[0].keyed
+
+
+def test_a_render_task_result_travels_in_one_frame():
+    """A task's tiles cross the wire as one pickle, not a header and a frame per tile (a
+    plain list of tuples holding bytes is split so by Dask's message encoding, the one a
+    worker's ``get_data`` answer goes through)."""
+    from distributed.protocol import dumps, loads, to_serialize
+
+    tiles = [(14, r, c, bytes([r, c]) * 3000) for r in range(16) for c in range(32)]
+    assert len(dumps({"data": {"k": to_serialize(list(tiles))}})) > len(tiles)  # the cost
+    frames = dumps({"data": {"k": to_serialize(dask_engine.Drawn(tiles))}})
+    assert len(frames) <= 4
+    back = loads(frames)["data"]["k"]
+    assert isinstance(back, dask_engine.Drawn) and list(back) == tiles

@@ -205,6 +205,14 @@ def worker_counts() -> dict[str, int]:
     return dict(_counts)
 
 
+class Drawn(list["TileResult"]):
+    """A render task's tiles. A plain list of tuples holding bytes would be serialized by
+    Dask element by element (a frame and a header per tile, on the worker and again on the
+    client: ≈ 16 ms per task measured); a subclass is pickled in one piece."""
+
+    __slots__ = ()
+
+
 def _reusable(run: str, fids: dict[str, np.ndarray], limit: int = 0) -> bool:
     """True when this thread's renderer already holds every feature of the task (same run)
     and may keep them (:data:`REUSE_SHARE`; ``limit``: ``task_features``, 0 = none);
@@ -265,7 +273,7 @@ def render_task(
         _local.held = None  # hold one batch, nothing of an earlier read
         _counts["batched_tasks"] += 1
         _use_layers(renderer, {})
-        drawn: list[TileResult] = []
+        drawn = Drawn()
         for i in range(0, len(items), CHUNK):  # at most CHUNK meta-tile images at once
             passes = {
                 src.name: _batches(
@@ -287,7 +295,7 @@ def render_task(
         }
         _use_layers(renderer, layers)
         _local.held = (run, places)
-    out: list[TileResult] = []
+    out = Drawn()
     for mrow, mcol, wanted in items:
         out.extend(renderer.tiles(level, mrow, mcol, set(wanted) if wanted else None))
     return out
@@ -603,7 +611,9 @@ class DaskEngine:
                     [b.xmax + pad for b in bounds],
                     [b.ymax + pad for b in bounds],
                 )
-                hit = np.unique(tree.query(boxes)[1])  # sorted: full-scan order
+                mask = np.zeros(len(layers[name]), dtype=bool)
+                mask[tree.query(boxes)[1]] = True
+                hit = np.flatnonzero(mask)  # sorted: full-scan order
                 if len(hit):
                     ids = layers[name].keys if name in self.holds else self.fids[name]
                     out[name] = (hit, ids[hit])
