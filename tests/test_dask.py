@@ -186,7 +186,7 @@ def batched_tasks(address: str) -> int:
 
 
 @pytest.mark.parametrize(
-    ("kind", "task_features"), [("compact", 0), ("mbtiles", 0), ("compact", 25)]
+    ("kind", "task_features"), [("compact", 0), ("mbtiles", 0), ("xyz", 0), ("compact", 25)]
 )
 def test_sample_seed_and_update_equal_local(
     scheduler, sample_template, tmp_path, kind, task_features
