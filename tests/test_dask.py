@@ -217,6 +217,31 @@ def test_sample_seed_and_update_equal_local(
     assert_same(local, dask, u1, u2)
 
 
+def test_demo_county_with_hillshade_equals_local(scheduler, tmp_path):
+    """The demo's county: a raster layer under the vectors (Mapnik on the workers reads the
+    file; the client fingerprints its blocks) and keyed roads; the update rewrites a block
+    of the hillshade too."""
+    root = tmp_path / "county"
+    sample.generate(root, hillshade=True)
+    api.init_project(root, style=root / "style.xml", levels="12-16", force=True)
+    p = api.load_project(root)
+    p.updated(render={"processes": 1}, layers={"roads": {"key": "road_id"}}).save()
+    local, dask = two(root, tmp_path)
+
+    s1 = api.seed(api.load_project(local), notify=False)
+    s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert s1["tiles_written"] > 50
+    assert_same(local, dask, s1, s2)
+
+    for r in (local, dask):
+        assert any("hillshade" in line for line in sample.apply_edits(r))
+    u1 = api.update(api.load_project(local), notify=False)
+    u2 = api.update(on_dask(dask, scheduler), notify=False)
+    assert u1["changes"]["layers"]["hillshade"]["modified"] > 0
+    assert u1["tiles_written"] > 0 and not u1.get("rebuild")
+    assert_same(local, dask, u1, u2)
+
+
 # --- the Clatsop buildings (shapefile, 23,953 features) --------------------------------
 
 
@@ -418,6 +443,30 @@ def test_source_missing_on_workers_stops_before_writing(scheduler, sample_projec
         api.seed(project, notify=False)
     assert not (sample_project / "cache").exists()
     assert not (sample_project / "cache.building").exists()
+
+
+def test_raster_unreadable_stops_before_writing(scheduler, tmp_path):
+    """A raster layer's file that is not a raster, or is gone: one line naming it, before
+    anything is written; the workers' start check says the same of their own view."""
+    from tiledelta.errors import TileDeltaError
+    from tiledelta.sources.chunked import check_source
+
+    root = tmp_path / "county"
+    sample.generate(root, hillshade=True)
+    api.init_project(root, style=root / "style.xml", levels="13-14", force=True)
+    src = api.load_project(root).style.layer("hillshade")
+    assert check_source(src) is None
+    tif = root / "data" / "hillshade.tif"
+    tif.write_bytes(b"not a GeoTIFF")
+    assert check_source(src).startswith(f"layer 'hillshade': cannot open {tif} (")
+    with pytest.raises(TileDeltaError, match=r"hillshade.tif") as err:
+        api.seed(on_dask(root, scheduler), notify=False)
+    assert "\n" not in str(err.value)
+    tif.unlink()
+    assert check_source(src) == f"layer 'hillshade': {tif} does not exist"
+    with pytest.raises(TileDeltaError, match=r"hillshade.tif"):
+        api.seed(on_dask(root, scheduler), notify=False)
+    assert not (root / "cache").exists() and not (root / "cache.building").exists()
 
 
 def test_missing_extra_is_one_line(sample_project, monkeypatch):

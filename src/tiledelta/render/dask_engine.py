@@ -46,7 +46,7 @@ from tiledelta.errors import TileDeltaError
 from tiledelta.grid import TilingScheme, metatile_bounds, query_pad
 from tiledelta.project import Project
 from tiledelta.render.stats import CHUNK
-from tiledelta.sources import LayerData, postgis, read_layers
+from tiledelta.sources import LayerData, postgis, read_layers, read_project_raster
 from tiledelta.sources.chunked import (
     PieceMerger,
     check_source,
@@ -157,14 +157,16 @@ def _tune_malloc() -> None:
         pass
 
 
-def _renderer(style: Style, scheme: TilingScheme, settings: RenderSettings) -> Any:
-    """This worker thread's renderer for the style (made once; Mapnik maps are not shared
-    between threads)."""
+def _renderer(style: Style, scheme: TilingScheme, settings: RenderSettings, run: str) -> Any:
+    """This worker thread's renderer for the style in this run (Mapnik maps are not shared
+    between threads). A run makes its own, with Mapnik's caches cleared, as a local pool's
+    fresh processes do: a worker lives on between runs, and a renderer kept from an earlier
+    one would draw a raster layer's file, or a symbol's image, as it was then."""
     from tiledelta.render._mapnik import mapnik
     from tiledelta.render.renderer import Renderer
 
     _tune_malloc()
-    key = (style.digest, style.xml_without_datasources, scheme.model_dump_json(), settings)
+    key = (run, style.digest, style.xml_without_datasources, scheme.model_dump_json(), settings)
     if getattr(_local, "key", None) != key:
         mapnik.clear_cache()
         _local.renderer = Renderer(style, scheme, {}, settings)
@@ -263,7 +265,7 @@ def render_task(
     it (:func:`~tiledelta.render.renderer.batch_unsafe`): the same picture, with the
     worker's memory bounded whatever the dataset.
     """
-    renderer = _renderer(style, scheme, settings)
+    renderer = _renderer(style, scheme, settings, run)
     places = {name: pos for name, (pos, _ids) in need.items()}
     snaps = snapshots or {}
     slacks = slack or {}
@@ -441,12 +443,6 @@ class DaskEngine:
     def _check_sources(self, project: Project) -> None:
         """A tiny task on every worker: each source opens there, else one line."""
         sources = _sources(project)
-        for src, _key in sources:
-            if src.kind in RASTER_TYPES:
-                raise ClusterError(
-                    f"layer {src.name!r}: the Dask engine reads vector layers only for now; "
-                    f'use [render] engine = "local" for {src.kind} layers'
-                )
         try:
             answers = self.client.run(_probe, sources)
         except Exception as exc:
@@ -464,11 +460,18 @@ class DaskEngine:
 
     def read_layers(self, project: Project) -> dict[str, LayerData]:
         """Every layer in full-scan order, read and fingerprinted in row ranges on the
-        workers; the client keeps ids, keys, boxes and fingerprints (no geometry)."""
-        out = {}
+        workers; the client keeps ids, keys, boxes and fingerprints (no geometry).
+
+        A raster layer's blocks are fingerprinted here, as the local engine does (block by
+        block: the client's memory does not grow with the raster); its pixels are read by
+        Mapnik on the workers, from the file the style names."""
+        out: dict[str, LayerData] = {}
         submit = self.client.submit
         for src in project.style.layers:
             key = project.key_field(src.name)
+            if src.kind in RASTER_TYPES:
+                out[src.name] = read_project_raster(project, src)
+                continue
             if src.kind == "postgis":
                 out[src.name] = self._read_postgis(project, src, key)
                 continue
@@ -556,6 +559,8 @@ class DaskEngine:
             if name not in layers or not len(ch.new_idx):
                 continue
             src = project.style.layer(name)
+            if src.kind in RASTER_TYPES:  # read here, in full (read_layers)
+                continue
             hold = self.holds.get(name)
             data = layers[name]
             idx = np.sort(ch.new_idx) if hold else ch.new_idx  # PostGIS: read in key order
@@ -590,9 +595,15 @@ class DaskEngine:
         }
         # The renderer's own slack, doubled: a superset is safe (it tests again).
         slack = 2 * query_pad(scheme, scheme.levels[0], 0)
+        # Vector layers only: a raster layer is drawn from the style's own datasource.
+        vectors = {
+            name: data
+            for name, data in layers.items()
+            if project.style.layer(name).kind not in RASTER_TYPES
+        }
         trees = {
             name: shapely.STRtree(shapely.box(*data.bounds.T))
-            for name, data in layers.items()
+            for name, data in vectors.items()
             if len(data)
         }
         style_f = self.client.scatter(style, broadcast=True)
@@ -621,9 +632,9 @@ class DaskEngine:
 
         run_id = uuid.uuid4().hex  # workers reuse features only within one run
         # rows with no geometry are not among the places: a row is at most this many later
-        null_rows = {name: len(data.null_keys) for name, data in layers.items()}
+        null_rows = {name: len(data.null_keys) for name, data in vectors.items()}
         limit = project.config.render.task_features
-        largest = max((len(d) for d in layers.values()), default=0)
+        largest = max((len(d) for d in vectors.values()), default=0)
         if limit and largest > limit:
             reason = _result(self.client.submit(batch_reason, style_f, pure=False))
             if reason:

@@ -43,6 +43,7 @@ __all__ = [
     "read_layer",
     "read_layers",
     "read_project_layer",
+    "read_project_raster",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,21 +84,26 @@ def read_project_layer(project: Project, src: LayerSource) -> LayerData:
     return data
 
 
+def read_project_raster(project: Project, src: LayerSource) -> RasterLayerData:
+    """A raster layer's blocks, with the project's buffer check and ``trust_mtime``."""
+    check_raster_buffer(src, project.settings.buffer)
+    cfg = project.config.layers.get(src.name)
+    return read_raster_layer(
+        src,
+        project.scheme.crs,
+        project.scheme.extent,
+        trust_mtime=bool(cfg and cfg.trust_mtime),
+        state=project.state_dir / "state.sqlite",
+    )
+
+
 def read_layers(project: Project) -> dict[str, LayerData]:
     """Every style layer's features, in scheme CRS and stable order."""
     out: dict[str, LayerData] = {}
     for src in project.style.layers:
         t = time.perf_counter()
         if src.kind in RASTER_TYPES:  # blocks of pixels (sources/raster.py)
-            check_raster_buffer(src, project.settings.buffer)
-            cfg = project.config.layers.get(src.name)
-            out[src.name] = read_raster_layer(
-                src,
-                project.scheme.crs,
-                project.scheme.extent,
-                trust_mtime=bool(cfg and cfg.trust_mtime),
-                state=project.state_dir / "state.sqlite",
-            )
+            out[src.name] = read_project_raster(project, src)
         else:
             out[src.name] = read_project_layer(project, src)
         log.info(

@@ -59,13 +59,30 @@ def check_source(src: LayerSource, key: str | None = None) -> str | None:
 
 def check_file_source(src: LayerSource) -> str | None:
     """Why ``src`` cannot be opened here, or None when it can (a worker's start check)."""
-    if src.kind == "postgis" or src.kind in RASTER_TYPES:
-        return f"layer {src.name!r}: the Dask engine reads vector files only (engine local)"
+    if src.kind == "postgis":
+        return f"layer {src.name!r}: a PostGIS layer is not a file"
+    if src.kind in RASTER_TYPES:
+        return _check_raster(src)
     if not src.path.startswith(("/vsi", "PG:")) and not Path(src.path).exists():
         return f"layer {src.name!r}: {src.path} does not exist"
     try:
         pyogrio.read_info(src.path, layer=src.layer)
     except Exception as exc:  # pyogrio raises several DataSource/DataLayer errors
+        text = str(exc).strip().splitlines()
+        return f"layer {src.name!r}: cannot open {src.path} ({text[0] if text else exc})"
+    return None
+
+
+def _check_raster(src: LayerSource) -> str | None:
+    """Why a raster layer's file cannot be opened here (Mapnik on the worker reads it)."""
+    if not src.path.startswith("/vsi") and not Path(src.path).exists():
+        return f"layer {src.name!r}: {src.path} does not exist"
+    try:
+        import rasterio
+
+        with rasterio.open(src.path):
+            pass
+    except Exception as exc:  # rasterio's RasterioIOError and GDAL's errors
         text = str(exc).strip().splitlines()
         return f"layer {src.name!r}: cannot open {src.path} ({text[0] if text else exc})"
     return None
