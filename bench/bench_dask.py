@@ -5,10 +5,9 @@
 
 1. **Overhead**: a full seed of the Clatsop buildings (23,953, shapefile) at ``--levels``
    with the local pool (2 processes, no cluster up) and with Dask (a fresh LocalCluster
-   of 2 single-thread worker processes, started and warmed by one seed before the clock,
-   as a long-running cluster is), with Dask's default settings and with :data:`TUNED`;
-   ``--repeat`` seeds each (the local pool's before and after), the best of each.
-   Goal: Dask at most 15 % slower.
+   of 2 single-thread worker processes, started and warmed by a small seed before the
+   clock), with Dask's default settings and with :data:`TUNED`; interleaved ``--repeat``
+   times; the best and the median of each. Goal: Dask at most 15 % slower.
 2. **Worker memory**: seeds at ``--memory-levels`` of the buildings and of ``--copies``
    copies shifted side by side (a fresh cluster each), and the workers' peak RSS.
    Goal: at most 1.5x.
@@ -22,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -95,34 +96,36 @@ def _seed(root: Path, scheduler: str | None) -> tuple[float, dict]:
 
 def overhead(tmp: Path, levels: str, repeat: int) -> None:
     root = make_project(tmp / "clatsop", levels)
+    warm = make_project(tmp / "warm", "0-2")  # the same data, three levels: a warm-up seed
     runs: dict[str, list[float]] = {"local": [], "dask": [], "tuned": []}
-
-    def local() -> dict:
-        # No cluster is up while the local pool runs: an idle Dask cluster takes CPU
-        # (heartbeats, monitors, the profiler: about 7 % of this machine's two cores).
-        for _ in range(repeat):
-            t, result = _seed(root, None)
-            runs["local"].append(t)
-        return result
-
-    r1 = local()
-    for name, config in (("dask", None), ("tuned", TUNED)):
-        # A long-running cluster, as a deployment keeps: one seed to warm it, not counted.
-        cluster, client = _cluster(2, config)
-        try:
-            _seed(root, cluster.scheduler_address)
-            for _ in range(repeat):
+    cpu: dict[str, list[float]] = {"local": [], "dask": [], "tuned": []}  # all processes
+    for _ in range(repeat):
+        # Interleaved, so the machine's drift falls on each alike. No cluster is up while
+        # the local pool runs: an idle Dask cluster takes CPU (heartbeats, monitors, the
+        # profiler: about 7 % of this machine's two cores).
+        c0 = os.times()
+        t, r1 = _seed(root, None)
+        c1 = os.times()
+        runs["local"].append(t)
+        cpu["local"].append(_cpu(c1, True) - _cpu(c0, True))
+        for name, config in (("dask", None), ("tuned", TUNED)):
+            # A fresh cluster, warmed by a small seed before the clock (a worker makes its
+            # renderer afresh for each run, so this is a long-running cluster's state).
+            cluster, client = _cluster(2, config)
+            try:
+                _seed(warm, cluster.scheduler_address)
+                w0, c0 = client.run(_own_cpu), os.times()
                 t, r2 = _seed(root, cluster.scheduler_address)
-                runs[name].append(t)
-                assert r1["tiles_written"] == r2["tiles_written"]
-        finally:
-            client.close()
-            cluster.close()
-    local()  # the local pool again after the clusters: the machine's load may drift
-    lo = min(runs["local"])
-    print(
-        f"1. full seed, Clatsop buildings, levels {levels}, best of {repeat} (local: {2 * repeat})"
-    )
+                w1, c1 = client.run(_own_cpu), os.times()
+                workers = sum(w1[k] - w0[k] for k in w0)
+                cpu[name].append(_cpu(c1, False) - _cpu(c0, False) + workers)
+            finally:
+                client.close()
+                cluster.close()
+            runs[name].append(t)
+            assert r1["tiles_written"] == r2["tiles_written"]
+    lo, lo_med = min(runs["local"]), statistics.median(runs["local"])
+    print(f"1. full seed, Clatsop buildings, levels {levels}, {repeat} interleaved runs each")
     print(
         f"   tiles stored            {r1['tiles_written']:>10,}"
         f"  ({r1['metatiles_rendered']:,} meta-tiles)"
@@ -133,10 +136,32 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
         ("tuned", "Dask, 2 workers, tuned"),
     )
     for name, label in rows:
-        print(f"   {label:<27} {min(runs[name]):>6.2f} s   (runs: {_list(runs[name])})")
+        xs = runs[name]
+        print(
+            f"   {label:<27} best {min(xs):>5.2f} s, median {statistics.median(xs):>5.2f} s"
+            f"   (runs: {_list(xs)}); CPU median {statistics.median(cpu[name]):.2f} s"
+        )
     for name, label in rows[1:]:
-        print(f"   {label + ' / local':<35} {min(runs[name]) / lo:>5.2f}x   (goal: at most 1.15x)")
+        best = min(runs[name]) / lo
+        med = statistics.median(runs[name]) / lo_med
+        cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu["local"])
+        print(
+            f"   {label} / local: best {best:.2f}x, median {med:.2f}x (goal: at most 1.15x);"
+            f" CPU {cpu_ratio:.2f}x"
+        )
     print(f"   tuned: {TUNED}")
+
+
+def _cpu(t: os.times_result, children: bool) -> float:
+    """CPU seconds of this process (and of its waited-for children: the local pool)."""
+    own = t.user + t.system
+    return own + (t.children_user + t.children_system if children else 0.0)
+
+
+def _own_cpu() -> float:
+    """On a worker: its process's CPU seconds."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _list(xs: list[float]) -> str:
