@@ -217,19 +217,24 @@ def test_sample_seed_and_update_equal_local(
     assert_same(local, dask, u1, u2)
 
 
-def test_demo_county_with_hillshade_equals_local(scheduler, tmp_path):
+@pytest.mark.parametrize("task_features", [0, 40])
+def test_demo_county_with_hillshade_equals_local(scheduler, tmp_path, task_features):
     """The demo's county: a raster layer under the vectors (Mapnik on the workers reads the
     file; the client fingerprints its blocks) and keyed roads; the update rewrites a block
-    of the hillshade too."""
+    of the hillshade too. ``task_features`` 40: the raster's pass, then the vectors' in
+    batches."""
     root = tmp_path / "county"
     sample.generate(root, hillshade=True)
     api.init_project(root, style=root / "style.xml", levels="12-16", force=True)
     p = api.load_project(root)
-    p.updated(render={"processes": 1}, layers={"roads": {"key": "road_id"}}).save()
+    render = {"processes": 1, "task_features": task_features}
+    p.updated(render=render, layers={"roads": {"key": "road_id"}}).save()
     local, dask = two(root, tmp_path)
 
+    before = batched_tasks(scheduler)
     s1 = api.seed(api.load_project(local), notify=False)
     s2 = api.seed(on_dask(dask, scheduler), notify=False)
+    assert (batched_tasks(scheduler) > before) == bool(task_features)
     assert s1["tiles_written"] > 50
     assert_same(local, dask, s1, s2)
 
