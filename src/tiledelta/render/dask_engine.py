@@ -69,8 +69,11 @@ log = logging.getLogger(__name__)
 DASK_EXTRA = 'pip install "tiledelta[dask]"'
 #: Seconds to wait for the scheduler (and for a first worker) before giving up.
 CONNECT_TIMEOUT = 5.0
-#: Rows per reading task (change detection).
+#: Rows per reading task (change detection), at most; a layer of fewer rows than
+#: this many per worker thread is split so each thread reads a part, down to
+#: :data:`MIN_ROWS_PER_TASK`.
 ROWS_PER_TASK = 200_000
+MIN_ROWS_PER_TASK = 10_000
 #: Render tasks in flight per worker thread (results are gathered in task order).
 IN_FLIGHT = 2
 
@@ -476,7 +479,8 @@ class DaskEngine:
                 out[src.name] = self._read_postgis(project, src, key)
                 continue
             count = submit(feature_count, src, pure=False).result()
-            ranges = row_ranges(count, ROWS_PER_TASK)
+            per_thread = -(-count // self.threads)
+            ranges = row_ranges(count, min(ROWS_PER_TASK, max(MIN_ROWS_PER_TASK, per_thread)))
             calls = (
                 (read_piece, src, project.scheme.crs, key, skip, n, project.scheme.extent)
                 for skip, n in ranges
