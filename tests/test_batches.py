@@ -81,6 +81,31 @@ def test_batches_draw_the_bytes_of_one_render(county):
     assert same > 200 and differ == 0
 
 
+def test_meta_tiles_of_several_levels_drawn_from_one_set_of_batches(county):
+    """A Dask task group: meta-tiles of levels 10-17 together, each batch drawn onto all of
+    them (a batch holds features a meta-tile does not reach); the bytes of one render
+    each, in the entries' order."""
+    project = api.load_project(county)
+    layers = LocalEngine().read_layers(project)
+    boxes = np.concatenate([d.bounds for d in layers.values() if len(d)])
+    entries, want = [], []
+    whole = Renderer(project.style, project.scheme, layers, project.settings)
+    for level in range(10, 18):
+        pad = project.settings.buffer * project.scheme.resolution(level)
+        metas = metatiles_for_boxes(project.scheme, level, boxes, pad, project.settings.metatile)
+        for r, c in metas.tolist()[:2]:
+            entries.append((level, r, c, None))
+            want.append(whole.tiles(level, r, c))
+    passes = {
+        n: [_part(d, a, a + 7) for a in range(0, len(d), 7)] for n, d in layers.items() if len(d)
+    }
+    batched = Renderer(project.style, project.scheme, {}, project.settings)
+    got = batched.metatiles_in_passes(entries, passes)
+    assert len(got) == len(entries) >= 10
+    assert got == want
+    assert sum(1 for tiles in got for t in tiles if t[3] is not None) > 50
+
+
 def test_batches_with_translucent_symbols_on_an_opaque_background(county, tmp_path):
     def translucent(xml: str) -> str:
         xml = xml.replace("<PolygonSymbolizer ", '<PolygonSymbolizer fill-opacity="0.5" ')

@@ -179,10 +179,11 @@ def assert_same(local: Path, dask: Path, s_local: dict, s_dask: dict) -> None:
 # --- the sample county (GeoPackage, five layers, labels) -------------------------------
 
 
-def batched_tasks(address: str) -> int:
-    """Render tasks the cluster's workers drew in batches so far."""
+def batched_tasks(address: str, what: str = "batched_tasks") -> int:
+    """Render tasks the cluster's workers drew in batches so far (``grouped_tasks``: those
+    drawn together with others from one read)."""
     with distributed.Client(address, timeout=30) as client:
-        return sum(c["batched_tasks"] for c in client.run(dask_engine.worker_counts).values())
+        return sum(c[what] for c in client.run(dask_engine.worker_counts).values())
 
 
 @pytest.mark.parametrize(
@@ -202,10 +203,11 @@ def test_sample_seed_and_update_equal_local(
     p.updated(render=render, cache={"path": cache}).save()
     local, dask = two(root, tmp_path)
 
-    before = batched_tasks(scheduler)
+    before, grouped = batched_tasks(scheduler), batched_tasks(scheduler, "grouped_tasks")
     s1 = api.seed(api.load_project(local), notify=False)
     s2 = api.seed(on_dask(dask, scheduler), notify=False)
     assert (batched_tasks(scheduler) > before) == bool(task_features)
+    assert (batched_tasks(scheduler, "grouped_tasks") > grouped) == bool(task_features)
     assert s1["tiles_written"] > 50
     assert_same(local, dask, s1, s2)
 
@@ -326,9 +328,11 @@ def test_clatsop_seed_in_batches_equals_local(scheduler, clatsop, tmp_path):
     template, reference, s1 = clatsop
     dask = copy_project(template, tmp_path / "dask")
     api.load_project(dask).updated(render={"task_features": 4000}).save()
-    before = batched_tasks(scheduler)
+    before, grouped = batched_tasks(scheduler), batched_tasks(scheduler, "grouped_tasks")
     s2 = api.seed(on_dask(dask, scheduler), notify=False)
     assert batched_tasks(scheduler) - before >= 12  # levels 0-11 at least
+    # the lowest levels' tasks (a meta-tile each) are drawn together from one read
+    assert batched_tasks(scheduler, "grouped_tasks") - grouped >= 4
     assert_same(reference, dask, s1, s2)
 
 

@@ -201,12 +201,19 @@ def _use_layers(renderer: Any, layers: dict[str, LayerData]) -> None:
 REUSE_SHARE = 0.5
 
 
+#: Meta-tiles at most in a group of tasks drawn together (:func:`render_group`), so
+#: images held at once: fewer than a batched task's :data:`CHUNK`, since the tasks it
+#: groups (the low levels) would hold one or two each.
+GROUP_METATILES = 4
+
+
 #: What this worker process did (read with :func:`worker_counts`, e.g. ``Client.run``).
-_counts = {"batched_tasks": 0}
+_counts = {"batched_tasks": 0, "grouped_tasks": 0}
 
 
 def worker_counts() -> dict[str, int]:
-    """How many render tasks this worker process drew in batches."""
+    """How many render tasks this worker process drew in batches, and how many of those
+    together with others (:func:`render_group`)."""
     return dict(_counts)
 
 
@@ -214,6 +221,13 @@ class Drawn(list["TileResult"]):
     """A render task's tiles. A plain list of tuples holding bytes would be serialized by
     Dask element by element (a frame and a header per tile, on the worker and again on the
     client: ≈ 16 ms per task measured); a subclass is pickled in one piece."""
+
+    __slots__ = ()
+
+
+class Group(list[Drawn]):
+    """The tiles of several render tasks drawn together (:func:`render_group`), one
+    :class:`Drawn` per task in order; pickled in one piece, as :class:`Drawn` is."""
 
     __slots__ = ()
 
@@ -303,6 +317,50 @@ def render_task(
     out = Drawn()
     for mrow, mcol, wanted in items:
         out.extend(renderer.tiles(level, mrow, mcol, set(wanted) if wanted else None))
+    return out
+
+
+def render_group(
+    style: Style,
+    scheme: TilingScheme,
+    settings: RenderSettings,
+    sources: list[tuple[LayerSource, str | None]],
+    need: dict[str, tuple[np.ndarray, np.ndarray]],
+    tasks: list[Task],
+    run: str,
+    snapshots: dict[str, str] | None = None,
+    max_features: int = 0,
+    slack: dict[str, int] | None = None,
+) -> Group:
+    """Consecutive render tasks that each need more than ``max_features`` features (the low
+    levels, where one meta-tile reaches most of the layer), at most
+    :data:`GROUP_METATILES` meta-tiles in all, drawn from one batched read of their
+    features (``need``: the union of theirs). Drawn one task at a time, each would read
+    the layer again.
+
+    The picture is :func:`render_task`'s: each meta-tile keeps, from every batch, the
+    features meeting its buffered extent, in full-scan order
+    (:meth:`~tiledelta.render.renderer.Renderer.metatiles_in_passes`)."""
+    renderer = _renderer(style, scheme, settings, run)
+    _local.held = None
+    _counts["batched_tasks"] += len(tasks)
+    _counts["grouped_tasks"] += len(tasks)
+    _use_layers(renderer, {})
+    snaps, slacks = snapshots or {}, slack or {}
+    passes = {
+        src.name: _batches(src, scheme.crs, key, need[src.name], max_features, snaps, slacks)
+        for src, key in sources
+        if src.name in need
+    }
+    entries = [(level, *item) for level, items in tasks for item in items]
+    drawn = renderer.metatiles_in_passes(entries, passes)
+    out, k = Group(), 0
+    for _level, items in tasks:
+        one = Drawn()
+        for tiles in drawn[k : k + len(items)]:
+            one.extend(tiles)
+        out.append(one)
+        k += len(items)
     return out
 
 
@@ -639,41 +697,76 @@ class DaskEngine:
         null_rows = {name: len(data.null_keys) for name, data in vectors.items()}
         limit = project.config.render.task_features
         largest = max((len(d) for d in vectors.values()), default=0)
-        if limit and largest > limit:
+        batched = bool(limit) and largest > limit
+        if batched:
             reason = _result(self.client.submit(batch_reason, style_f, pure=False))
             if reason:
+                batched = False
                 self.say(
                     f"Dask: this style can't be drawn in batches of {limit:,} features "
                     f"({reason}); a task holds every feature its meta-tiles reach (all "
                     f"{largest:,} at the lowest levels)"
                 )
 
+        def union(parts: list[dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict:
+            """The features of several tasks: per layer, their places sorted, and ids."""
+            out = {}
+            for name in {name for part in parts for name in part}:
+                places = np.unique(np.concatenate([p[name][0] for p in parts if name in p]))
+                ids = layers[name].keys if name in self.holds else self.fids[name]
+                out[name] = (places, ids[places])
+            return out
+
+        def call(group: list[tuple[Task, dict]]) -> tuple:
+            """One task alone (render_task), or several drawn together (render_group)."""
+            rest = (run_id, snapshots, limit, null_rows)
+            if len(group) == 1:
+                task, need = group[0]
+                return (render_task, style_f, scheme_f, settings, sources, need, task, *rest)
+            tasks = [t for t, _n in group]
+            need = union([n for _t, n in group])
+            return (render_group, style_f, scheme_f, settings, sources, need, tasks, *rest)
+
+        def calls(tasks: Iterator[Task]) -> Iterator[tuple]:
+            """A call per task, but consecutive tasks that each need more than ``limit``
+            features (drawn in batches) go together, up to GROUP_METATILES in all: the
+            batches are read once for all of them (the low levels, one task per level)."""
+            group: list[tuple[Task, dict]] = []
+            for task in tasks:
+                need = needs(task)
+                big = batched and sum(len(pos) for pos, _ids in need.values()) > limit
+                held = sum(len(t[1]) for t, _n in group)
+                if group and (not big or held + len(task[1]) > GROUP_METATILES):
+                    yield call(group)
+                    group = []
+                group.append((task, need))
+                if not big:
+                    yield call(group)
+                    group = []
+            if group:
+                yield call(group)
+
         seconds = project.config.render.metatile_timeout
 
         def timeout(args: tuple) -> float:
-            """A render task's time: ``metatile_timeout`` per meta-tile (its 6th argument)."""
-            return seconds * len(args[5][1])
+            """A call's time: ``metatile_timeout`` per meta-tile (its 6th argument)."""
+            return seconds * len(_task(args[5])[1])
 
         def run(tasks: Iterator[Task]) -> Iterator[list[TileResult]]:
-            calls = (
-                (
-                    render_task,
-                    style_f,
-                    scheme_f,
-                    settings,
-                    sources,
-                    needs(t),
-                    t,
-                    run_id,
-                    snapshots,
-                    limit,
-                    null_rows,
-                )
-                for t in tasks
-            )
-            yield from self._ordered(calls, timeout)
+            for result in self._ordered(calls(tasks), timeout):
+                if isinstance(result, Group):
+                    yield from result
+                else:
+                    yield result
 
         return run
+
+
+def _task(task: Task | list[Task]) -> Task:
+    """A call's task, or the tasks of a group as one (its first level, all meta-tiles)."""
+    if isinstance(task, list):
+        return task[0][0], [item for _level, items in task for item in items]
+    return task
 
 
 def _sources(project: Project) -> list[tuple[LayerSource, str | None]]:
@@ -708,7 +801,7 @@ def _result(future: Any, timeout: float | None = None, args: tuple = ()) -> Any:
         from tiledelta.render.pool import task_timeout
 
         future.cancel()
-        level, items = args[5]
+        level, items = _task(args[5])
         raise task_timeout(level, items, timeout / max(len(items), 1)) from None
     except Exception as exc:
         name = type(exc).__name__

@@ -211,7 +211,18 @@ class Renderer:
         items: Sequence[tuple[int, int, Sequence[tuple[int, int]] | None]],
         passes: Mapping[str, Iterable[LayerData]],
     ) -> list[TileResult]:
-        """The tiles of meta-tiles ``items`` ((mrow, mcol, wanted)), drawn layer by layer.
+        """The tiles of meta-tiles ``items`` ((mrow, mcol, wanted)) of ``level``, drawn
+        layer by layer (:meth:`metatiles_in_passes`)."""
+        entries = [(level, mrow, mcol, wanted) for mrow, mcol, wanted in items]
+        return [t for tiles in self.metatiles_in_passes(entries, passes) for t in tiles]
+
+    def metatiles_in_passes(
+        self,
+        entries: Sequence[tuple[int, int, int, Sequence[tuple[int, int]] | None]],
+        passes: Mapping[str, Iterable[LayerData]],
+    ) -> list[list[TileResult]]:
+        """The tiles of each meta-tile of ``entries`` ((level, mrow, mcol, wanted), levels
+        may differ), drawn layer by layer: one list per entry.
 
         ``passes`` gives per layer its features in batches, in full-scan order; a layer
         left out has no feature there. Each batch is one Mapnik render onto the same
@@ -219,12 +230,14 @@ class Renderer:
         meta-tile for all passes, and only the first pass paints the background. For a
         style :meth:`batch_unsafe` passes, the picture is that of one render of every
         feature, while only one batch is held at a time (tests compare the bytes).
+        A batch may hold features a meta-tile does not reach: each keeps those meeting
+        its buffered extent, in the batch's order.
         """
-        res = self.scheme.resolution(level)
         meta = self.settings.metatile
-        bounds = [metatile_bounds(self.scheme, level, r, c, meta) for r, c, _w in items]
-        images: list[mapnik.Image | None] = [None] * len(items)
-        detectors = [mapnik.LabelCollisionDetector(self.map) for _ in items]
+        bounds = [metatile_bounds(self.scheme, lv, r, c, meta) for lv, r, c, _w in entries]
+        res = [self.scheme.resolution(lv) for lv, _r, _c, _w in entries]
+        images: list[mapnik.Image | None] = [None] * len(entries)
+        detectors = [mapnik.LabelCollisionDetector(self.map) for _ in entries]
         active = {lyr.name: lyr.active for lyr in self.map.layers}
         try:
             for lyr in self.map.layers:
@@ -249,20 +262,20 @@ class Renderer:
                         for other in m.layers:
                             other.active = other.name == lyr.name and active[other.name]
                         try:
-                            images[i] = self._draw(m, mlayers, b, res, images[i], detectors[i])
+                            images[i] = self._draw(m, mlayers, b, res[i], images[i], detectors[i])
                         except (MemoryError, RuntimeError) as exc:
-                            mrow, mcol, _w = items[i]
-                            raise self._failed(level, mrow, mcol, exc) from None
+                            lv, mrow, mcol, _w = entries[i]
+                            raise self._failed(lv, mrow, mcol, exc) from None
         finally:
             for m in (self.map, self._overlay[0] if self._overlay else None):
                 for other in m.layers if m is not None else ():
                     other.active = active[other.name]
             self.use_layers({})
-        out: list[TileResult] = []
-        for (mrow, mcol, wanted), b, im in zip(items, bounds, images, strict=True):
+        out: list[list[TileResult]] = []
+        for (lv, mrow, mcol, wanted), b, r, im in zip(entries, bounds, res, images, strict=True):
             if im is None:  # no layer has a feature here: the background alone
-                im = self._draw(self.map, self._mlayers, b, res)
-            out.extend(self._cut(im, level, mrow, mcol, set(wanted) if wanted else None))
+                im = self._draw(self.map, self._mlayers, b, r)
+            out.append(self._cut(im, lv, mrow, mcol, set(wanted) if wanted else None))
         return out
 
     def tiles(
