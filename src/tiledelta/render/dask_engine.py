@@ -294,13 +294,7 @@ def render_task(
         _use_layers(renderer, {})
         drawn = Drawn()
         for i in range(0, len(items), CHUNK):  # at most CHUNK meta-tile images at once
-            passes = {
-                src.name: _batches(
-                    src, scheme.crs, key, need[src.name], max_features, snaps, slacks
-                )
-                for src, key in sources
-                if src.name in need
-            }
+            passes = _passes(sources, scheme.crs, need, max_features, snaps, slacks)
             drawn.extend(renderer.tiles_in_passes(level, items[i : i + CHUNK], passes))
         return drawn
     if not _reusable(run, places, max_features):
@@ -346,12 +340,7 @@ def render_group(
     _counts["batched_tasks"] += len(tasks)
     _counts["grouped_tasks"] += len(tasks)
     _use_layers(renderer, {})
-    snaps, slacks = snapshots or {}, slack or {}
-    passes = {
-        src.name: _batches(src, scheme.crs, key, need[src.name], max_features, snaps, slacks)
-        for src, key in sources
-        if src.name in need
-    }
+    passes = _passes(sources, scheme.crs, need, max_features, snapshots or {}, slack or {})
     entries = [(level, *item) for level, items in tasks for item in items]
     drawn = renderer.metatiles_in_passes(entries, passes)
     out, k = Group(), 0
@@ -379,6 +368,22 @@ def _read(
     return read_ids(
         src, crs, key, ids, snapshots.get(src.name), None, first, slacks.get(src.name, 0)
     )
+
+
+def _passes(
+    sources: list[tuple[LayerSource, str | None]],
+    crs: str,
+    need: dict[str, tuple[np.ndarray, np.ndarray]],
+    size: int,
+    snapshots: dict[str, str],
+    slacks: dict[str, int],
+) -> dict[str, Iterator[LayerData]]:
+    """Per layer a task needs, its features in batches of ``size`` (:func:`_batches`)."""
+    return {
+        src.name: _batches(src, crs, key, need[src.name], size, snapshots, slacks)
+        for src, key in sources
+        if src.name in need
+    }
 
 
 def _batches(
