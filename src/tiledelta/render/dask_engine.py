@@ -36,6 +36,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -342,15 +343,10 @@ def render_group(
     _use_layers(renderer, {})
     passes = _passes(sources, scheme.crs, need, max_features, snapshots or {}, slack or {})
     entries = [(level, *item) for level, items in tasks for item in items]
-    drawn = renderer.metatiles_in_passes(entries, passes)
-    out, k = Group(), 0
-    for _level, items in tasks:
-        one = Drawn()
-        for tiles in drawn[k : k + len(items)]:
-            one.extend(tiles)
-        out.append(one)
-        k += len(items)
-    return out
+    drawn = iter(renderer.metatiles_in_passes(entries, passes))
+    return Group(
+        Drawn(t for tiles in islice(drawn, len(items)) for t in tiles) for _level, items in tasks
+    )
 
 
 def _read(
@@ -689,13 +685,14 @@ class DaskEngine:
                     [b.xmax + pad for b in bounds],
                     [b.ymax + pad for b in bounds],
                 )
-                mask = np.zeros(len(layers[name]), dtype=bool)
-                mask[tree.query(boxes)[1]] = True
-                hit = np.flatnonzero(mask)  # sorted: full-scan order
+                hit = _sorted_hits(tree.query(boxes)[1], len(layers[name]))
                 if len(hit):
-                    ids = layers[name].keys if name in self.holds else self.fids[name]
-                    out[name] = (hit, ids[hit])
+                    out[name] = (hit, ids_of(name)[hit])
             return out
+
+        def ids_of(name: str) -> np.ndarray:
+            """What a worker reads a layer's features by: PostGIS keys, else GDAL ids."""
+            return layers[name].keys if name in self.holds else self.fids[name]
 
         run_id = uuid.uuid4().hex  # workers reuse features only within one run
         # rows with no geometry are not among the places: a row is at most this many later
@@ -718,8 +715,7 @@ class DaskEngine:
             out = {}
             for name in {name for part in parts for name in part}:
                 places = np.unique(np.concatenate([p[name][0] for p in parts if name in p]))
-                ids = layers[name].keys if name in self.holds else self.fids[name]
-                out[name] = (places, ids[places])
+                out[name] = (places, ids_of(name)[places])
             return out
 
         def call(group: list[tuple[Task, dict]]) -> tuple:
@@ -765,6 +761,17 @@ class DaskEngine:
                     yield result
 
         return run
+
+
+def _sorted_hits(hits: np.ndarray, n: int) -> np.ndarray:
+    """The distinct places among ``hits`` (of a layer of ``n`` features), sorted: by a mask
+    when the hits are many (the low levels: every box meets most features), else by
+    sorting them (a mask would cost the whole layer per task)."""
+    if len(hits) * 16 < n:
+        return np.unique(hits)
+    mask = np.zeros(n, dtype=bool)
+    mask[hits] = True
+    return np.flatnonzero(mask)
 
 
 def _task(task: Task | list[Task]) -> Task:
