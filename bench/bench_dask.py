@@ -6,8 +6,9 @@
 1. **Overhead**: a full seed of the Clatsop buildings (23,953, shapefile) at ``--levels``
    with the local pool (2 processes, no cluster up) and with Dask (a fresh LocalCluster
    of 2 single-thread worker processes, started and warmed by a small seed before the
-   clock), with Dask's default settings and with :data:`TUNED`; interleaved ``--repeat``
-   times; the best and the median of each. Goal: Dask at most 15 % slower.
+   clock): the one tiledelta starts (``engine = "dask"``, no scheduler:
+   ``dask_engine.LEAN_CONFIG``) and the same with Dask's default settings; interleaved
+   ``--repeat`` times; the best and the median of each. Goal: Dask at most 15 % slower.
 2. **Worker memory**: seeds at ``--memory-levels`` of the buildings and of ``--copies``
    copies shifted side by side (a fresh cluster each), and the workers' peak RSS.
    Goal: at most 1.5x.
@@ -30,21 +31,21 @@ from pathlib import Path
 
 from common import copies_project, make_project, proc_status_mb, vm_hwm_mb
 
-#: Dask settings a cluster that runs tiledelta may take (docs/dask.md, *Tuning*): the
-#: workers' statistical profiler samples the task thread's stack every 10 ms, and work
-#: stealing re-balances every 100 ms; tiledelta's tasks are root tasks the scheduler
-#: queues anyway. The overhead is printed with Dask's defaults and with these.
-TUNED = {"distributed.worker.profile.enabled": False, "distributed.scheduler.work-stealing": False}
 
-
-def _cluster(n: int, config: dict | None = None):
-    import dask
+def _cluster(n: int, lean: bool = True):
+    """A fresh LocalCluster of ``n`` workers: the one tiledelta starts (``lean``: its
+    :data:`~tiledelta.render.dask_engine.LEAN_CONFIG`), or the same with Dask's defaults
+    (what ``dask scheduler`` and ``dask worker`` run with, as installed)."""
     import distributed
 
-    with dask.config.set(config or {}):  # the nanny hands the config to its worker
+    from tiledelta.render.dask_engine import local_cluster
+
+    if lean:
+        cluster = local_cluster(n)
+    else:
         cluster = distributed.LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, memory_limit=0,
+            dashboard_address="127.0.0.1:0",
         )  # fmt: skip
     client = distributed.Client(cluster)
     client.run(_warm)
@@ -108,10 +109,10 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
         c1 = os.times()
         runs["local"].append(t)
         cpu["local"].append(_cpu(c1, True) - _cpu(c0, True))
-        for name, config in (("dask", None), ("tuned", TUNED)):
+        for name, lean in (("dask", False), ("tuned", True)):
             # A fresh cluster, warmed by a small seed before the clock (a worker makes its
             # renderer afresh for each run, so this is a long-running cluster's state).
-            cluster, client = _cluster(2, config)
+            cluster, client = _cluster(2, lean)
             try:
                 _seed(warm, cluster.scheduler_address)
                 w0, c0 = client.run(_own_cpu), os.times()
@@ -132,8 +133,8 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
     )
     rows = (
         ("local", "local pool, 2 processes"),
-        ("dask", "Dask, 2 workers, defaults"),
-        ("tuned", "Dask, 2 workers, tuned"),
+        ("dask", "Dask, Dask's defaults"),
+        ("tuned", "Dask, tiledelta's cluster"),
     )
     for name, label in rows:
         xs = runs[name]
@@ -149,7 +150,9 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
             f"   {label} / local: best {best:.2f}x, median {med:.2f}x (goal: at most 1.15x);"
             f" CPU {cpu_ratio:.2f}x"
         )
-    print(f"   tuned: {TUNED}")
+    from tiledelta.render.dask_engine import LEAN_CONFIG
+
+    print(f"   tiledelta's LocalCluster: {LEAN_CONFIG}")
 
 
 def _cpu(t: os.times_result, children: bool) -> float:

@@ -678,3 +678,39 @@ def test_a_render_task_result_travels_in_one_frame():
     assert len(frames) <= 4
     back = loads(frames)["data"]["k"]
     assert isinstance(back, dask_engine.Drawn) and list(back) == tiles
+
+
+def _lean_settings() -> dict:
+    import dask
+
+    return {key: dask.config.get(key) for key in dask_engine.LEAN_CONFIG}
+
+
+def _scheduler_settings(dask_scheduler) -> tuple[float, bool]:
+    return dask_scheduler._tick_interval, "stealing" in dask_scheduler.extensions
+
+
+def test_engine_without_scheduler_starts_a_lean_local_cluster(sample_template, tmp_path):
+    """``engine = "dask"`` with no scheduler: tiledelta's own LocalCluster of ``processes``
+    workers, its scheduler and workers running with LEAN_CONFIG (what docs/dask.md
+    measures), and a seed through it equal to the local engine's byte for byte."""
+    root = tmp_path / "county"
+    shutil.copytree(sample_template, root)
+    api.init_project(root, style=root / "style.xml", levels="13-16", force=True)
+    api.load_project(root).updated(render={"processes": 2}).save()
+    local, dask = two(root, tmp_path)
+    on_cluster = api.with_engine(api.load_project(dask), "dask", None)
+    assert on_cluster.config.render.scheduler is None
+
+    with dask_engine.open_engine(on_cluster) as engine:
+        assert engine.cluster is not None and engine.threads == 2
+        workers = engine.client.run(_lean_settings)
+        assert list(workers.values()) == [dask_engine.LEAN_CONFIG] * 2
+        # the scheduler runs in this process: its settings were read when it started
+        assert engine.client.run_on_scheduler(_scheduler_settings) == (1.0, False)
+    assert _lean_settings() != dask_engine.LEAN_CONFIG  # this process keeps its own
+
+    s1 = api.seed(api.load_project(local), notify=False)
+    s2 = api.seed(on_cluster, notify=False)
+    assert s1["tiles_written"] > 50
+    assert_same(local, dask, s1, s2)

@@ -82,6 +82,41 @@ Task = tuple[int, list[tuple[int, int, tuple | None]]]
 Executor = Callable[[Iterator[Task]], Iterator[list["TileResult"]]]
 
 
+#: Dask settings of the LocalCluster tiledelta starts (``engine = "dask"`` with no
+#: scheduler), and what docs/dask.md (*Tuning a cluster*) suggests for a cluster of one's
+#: own. Each costs CPU on every server, whether tasks run or not, and none changes what
+#: tasks do: the event-loop health check (every 20 ms by default; it only feeds the
+#: "event loop was unresponsive" warning and a dashboard figure), the workers'
+#: statistical profiler (samples the task thread's stack every 10 ms; the dashboard's
+#: profile page) and work stealing (tiledelta's tasks are root tasks, which the scheduler
+#: queues anyway). Measured idle, a 2-worker LocalCluster took 1.1 s of CPU per 10 s with
+#: Dask's defaults and 0.24 s with these (bench/bench_dask.py, docs/dask.md).
+LEAN_CONFIG: dict[str, Any] = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing": False,
+}
+
+
+def local_cluster(n_workers: int, **kwargs: Any) -> Any:
+    """A LocalCluster on 127.0.0.1 of ``n_workers`` single-thread worker processes, with
+    :data:`LEAN_CONFIG` (its nannies hand the settings to their workers); ``kwargs`` go to
+    ``distributed.LocalCluster``."""
+    import dask
+    import distributed
+
+    options: dict[str, Any] = {
+        "n_workers": n_workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "silence_logs": logging.ERROR,
+    }
+    with dask.config.set(LEAN_CONFIG):
+        return distributed.LocalCluster(**{**options, **kwargs})
+
+
 class ClusterError(TileDeltaError):
     """The Dask cluster cannot be used: scheduler unreachable, no worker, a source a worker
     cannot open, or the ``dask`` extra not installed."""
@@ -447,14 +482,7 @@ class DaskEngine:
             else:
                 from tiledelta.render.pool import worker_count
 
-                self.cluster = distributed.LocalCluster(
-                    n_workers=worker_count(cfg.processes),
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0",
-                    silence_logs=logging.ERROR,
-                )
+                self.cluster = local_cluster(worker_count(cfg.processes))
                 self.client = distributed.Client(self.cluster, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             where = address or "a LocalCluster"
