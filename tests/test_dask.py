@@ -714,3 +714,29 @@ def test_engine_without_scheduler_starts_a_lean_local_cluster(sample_template, t
     s2 = api.seed(on_cluster, notify=False)
     assert s1["tiles_written"] > 50
     assert_same(local, dask, s1, s2)
+
+
+def test_a_slow_task_does_not_hold_back_the_others(scheduler, sample_project):
+    """Results come back in task order, but a worker does not idle behind a slow task:
+    while the first call sleeps, the other worker goes on through the fast ones (with
+    only IN_FLIGHT per thread submitted, three at most could start before it ends). The
+    times are the scheduler's own task stream."""
+    naps = [1.5] + [0.05] * 16
+    with dask_engine.DaskEngine(on_dask(sample_project, scheduler)) as engine:
+        assert engine.threads == 2
+        with distributed.get_task_stream(client=engine.client) as stream:
+            assert list(engine._ordered((time.sleep, s) for s in naps)) == [None] * 17
+    runs = [
+        (part["start"], part["stop"])
+        for task in stream.data
+        for part in task["startstops"]
+        if part["action"] == "compute"
+    ]
+    assert len(runs) == 17
+    slow = [r for r in runs if r[1] - r[0] > 1.0]
+    assert len(slow) == 1
+    started_meanwhile = sum(
+        start < slow[0][1] for start, _stop in runs if (start, _stop) not in slow
+    )
+    limit = dask_engine.IN_FLIGHT * 2
+    assert started_meanwhile >= dask_engine.AHEAD * limit - 1 > limit - 1

@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -77,6 +78,9 @@ ROWS_PER_TASK = 200_000
 MIN_ROWS_PER_TASK = 10_000
 #: Render tasks in flight per worker thread (results are gathered in task order).
 IN_FLIGHT = 2
+#: Tasks submitted and not yet handed on, at most, in multiples of those in flight: the
+#: ended ones wait on their workers for the first in line (a few MB of tiles each).
+AHEAD = 3
 
 Task = tuple[int, list[tuple[int, int, tuple | None]]]
 Executor = Callable[[Iterator[Task]], Iterator[list["TileResult"]]]
@@ -625,23 +629,51 @@ class DaskEngine:
     def _ordered(
         self, calls: Iterator[tuple], timeout: Callable[[tuple], float | None] | None = None
     ) -> Iterator[Any]:
-        """Submit ``calls`` keeping a bounded number in flight; yield results in order.
+        """Submit ``calls``, yielding their results in order.
 
+        At most :data:`IN_FLIGHT` per worker thread are running or queued at once, and at
+        most :data:`AHEAD` times that many are submitted and not yet yielded: a call that
+        ends while an earlier, longer one still runs makes room for the next at once, so a
+        worker does not idle behind a slow task (tasks of one run differ in cost by 100×).
         ``timeout(args)`` is how long a call may take once it is first in line (earlier
         results all in): the wait for it ends there, with the error it raises."""
         window: deque = deque()
-        limit = IN_FLIGHT * self.threads
+        running = IN_FLIGHT * self.threads
+        ahead = AHEAD * running
+        ended = threading.Event()  # set by any call that ends (Dask's callback thread)
+        pending = iter(calls)
+        more = True
+        since = time.monotonic()  # when the first in line became first
 
-        def first() -> Any:
-            future, args = window.popleft()
-            return _result(future, timeout(args) if timeout else None, args)
+        def submit() -> bool:
+            call = next(pending, None)
+            if call is None:
+                return False
+            fn, *args = call
+            future = self.client.submit(fn, *args, pure=False)
+            future.add_done_callback(lambda _f: ended.set())
+            window.append((future, args))
+            return True
 
-        for fn, *args in calls:
-            window.append((self.client.submit(fn, *args, pure=False), args))
-            while len(window) >= limit:
-                yield first()
-        while window:
-            yield first()
+        while True:
+            ended.clear()
+            while more and len(window) < ahead and sum(not f.done() for f, _a in window) < running:
+                more = submit()
+            if not window:
+                return
+            future, args = window[0]
+            limit = timeout(args) if timeout else None
+            waited = time.monotonic() - since
+            if more and len(window) < ahead and not future.done():
+                # Wait for any call to end (then submit the next), while the first in
+                # line has time left; past that, its own wait below ends the run.
+                left = None if limit is None else limit - waited
+                if left is None or left > 0:
+                    ended.wait(left)
+                    continue
+            window.popleft()
+            since = time.monotonic()
+            yield _result(future, limit, args, waited)
 
     def complete(self, project: Project, layers: dict[str, LayerData], changes: Changes) -> None:
         """Read the geometry of the added and modified features (the run folder's
@@ -828,11 +860,19 @@ def _match(got: LayerData, keys: np.ndarray, fps: np.ndarray) -> np.ndarray:
     return out
 
 
-def _result(future: Any, timeout: float | None = None, args: tuple = ()) -> Any:
+def _result(
+    future: Any, timeout: float | None = None, args: tuple = (), waited: float = 0.0
+) -> Any:
     """A task's result; a worker-side tiledelta error is raised as itself. A render task
-    (``args``) still running after ``timeout`` seconds is cancelled and named."""
+    (``args``) still running ``timeout`` seconds after its wait began (``waited`` seconds
+    ago) is cancelled and named."""
     try:
-        return future.result(timeout=timeout)
+        if timeout is not None and not future.done():
+            ended = threading.Event()
+            future.add_done_callback(lambda _f: ended.set())
+            if not ended.wait(max(timeout - waited, 0.0)) and not future.done():
+                raise TimeoutError
+        return future.result(timeout=timeout)  # an ended task's tiles: their transfer
     except TileDeltaError:
         raise
     except TimeoutError:
