@@ -738,5 +738,7 @@ def test_a_slow_task_does_not_hold_back_the_others(scheduler, sample_project):
     started_meanwhile = sum(
         start < slow[0][1] for start, _stop in runs if (start, _stop) not in slow
     )
+    # All that may be submitted besides the slow one, less those the scheduler may have
+    # queued behind it on its own worker; the old rule allowed 3.
     limit = dask_engine.IN_FLIGHT * 2
-    assert started_meanwhile >= dask_engine.AHEAD * limit - 1 > limit - 1
+    assert started_meanwhile >= dask_engine.AHEAD * limit - 1 - dask_engine.IN_FLIGHT > limit
