@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import distributed
+import httpx
 import numpy as np
 import pyogrio
 import pytest
@@ -708,6 +709,10 @@ def test_engine_without_scheduler_starts_a_lean_local_cluster(sample_template, t
         assert list(workers.values()) == [dask_engine.LEAN_CONFIG] * 2
         # the scheduler runs in this process: its settings were read when it started
         assert engine.client.run_on_scheduler(_scheduler_settings) == (1.0, False)
+        # its dashboard, whose address the run prints, is a real page
+        assert engine.dashboard is not None
+        page = httpx.get(engine.dashboard, timeout=30)
+        assert page.status_code == 200 and "<title>Dask Diagnostic UI</title>" in page.text
     assert _lean_settings() != dask_engine.LEAN_CONFIG  # this process keeps its own
 
     s1 = api.seed(api.load_project(local), notify=False)
@@ -742,3 +747,32 @@ def test_a_slow_task_does_not_hold_back_the_others(scheduler, sample_project):
     # queued behind it on its own worker; the old rule allowed 3.
     limit = dask_engine.IN_FLIGHT * 2
     assert started_meanwhile >= dask_engine.AHEAD * limit - 1 - dask_engine.IN_FLIGHT > limit
+
+
+def test_no_dashboard_address_without_bokeh(sample_project, monkeypatch):
+    """Without bokeh a scheduler serves only a page asking for it: no address is printed."""
+    monkeypatch.setattr(dask_engine, "has_bokeh", lambda: False)
+    said: list[str] = []
+    project = api.with_engine(api.load_project(sample_project), "dask", None)
+    with dask_engine.DaskEngine(project, said.append) as engine:
+        assert engine.dashboard is None
+    assert said[0].startswith("Dask: ") and "dashboard" not in said[0]
+
+
+def test_a_run_ended_early_drops_its_queued_tasks(scheduler, sample_project):
+    """When the consumer stops (an error, a timeout, Ctrl-C), the tasks submitted ahead are
+    cancelled at once, not left to run and hold their results on the workers."""
+    naps = [0.01] + [3.0] * 11
+    # a lambda: pickled whole (the scheduler can't import this module)
+    _sleeps_held = lambda dask_scheduler: sum(  # noqa: E731
+        str(key).startswith("sleep-") for key in dask_scheduler.tasks
+    )
+    with dask_engine.DaskEngine(on_dask(sample_project, scheduler)) as engine:
+        results = engine._ordered((time.sleep, s) for s in naps)
+        assert next(results) is None
+        assert engine.client.run_on_scheduler(_sleeps_held) > 2
+        results.close()
+        deadline = time.monotonic() + 2.0  # well before the first 3 s sleep ends
+        while engine.client.run_on_scheduler(_sleeps_held) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.client.run_on_scheduler(_sleeps_held) == 0

@@ -78,6 +78,8 @@ ROWS_PER_TASK = 200_000
 MIN_ROWS_PER_TASK = 10_000
 #: Render tasks in flight per worker thread (results are gathered in task order).
 IN_FLIGHT = 2
+#: Seconds between looks at the tasks in flight while none is known to have ended.
+POLL = 0.5
 #: Tasks submitted and not yet handed on, at most, in multiples of those in flight: the
 #: ended ones wait on their workers for the first in line (a few MB of tiles each).
 AHEAD = 3
@@ -102,6 +104,13 @@ LEAN_CONFIG: dict[str, Any] = {
 }
 
 
+def has_bokeh() -> bool:
+    """True where Dask's dashboard can be drawn (bokeh importable; run on the scheduler)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
 def local_cluster(n_workers: int, **kwargs: Any) -> Any:
     """A LocalCluster on 127.0.0.1 of ``n_workers`` single-thread worker processes, with
     :data:`LEAN_CONFIG` (its nannies hand the settings to their workers); ``kwargs`` go to
@@ -114,7 +123,8 @@ def local_cluster(n_workers: int, **kwargs: Any) -> Any:
         "threads_per_worker": 1,
         "processes": True,
         "host": "127.0.0.1",
-        "dashboard_address": "127.0.0.1:0",
+        # Dask's dashboard needs bokeh (the dask extra pulls it); without, no page.
+        "dashboard_address": "127.0.0.1:0" if has_bokeh() else None,
         "silence_logs": logging.ERROR,
     }
     with dask.config.set(LEAN_CONFIG):
@@ -508,9 +518,12 @@ class DaskEngine:
             raise
         info = self.client.scheduler_info()
         self.dashboard: str | None = None
-        if "dashboard" in info.get("services", {}):  # served only where bokeh is installed
+        if "dashboard" in info.get("services", {}):
+            # A scheduler serves its dashboard's address without bokeh too, with a page
+            # that asks for it: no address is reported then.
             with contextlib.suppress(Exception):
-                self.dashboard = self.client.dashboard_link
+                if self.client.run_on_scheduler(has_bokeh):
+                    self.dashboard = self.client.dashboard_link
         workers = info.get("workers", {})
         self.threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
         say(
@@ -655,25 +668,31 @@ class DaskEngine:
             window.append((future, args))
             return True
 
-        while True:
-            ended.clear()
-            while more and len(window) < ahead and sum(not f.done() for f, _a in window) < running:
-                more = submit()
-            if not window:
-                return
-            future, args = window[0]
-            limit = timeout(args) if timeout else None
-            waited = time.monotonic() - since
-            if more and len(window) < ahead and not future.done():
-                # Wait for any call to end (then submit the next), while the first in
-                # line has time left; past that, its own wait below ends the run.
-                left = None if limit is None else limit - waited
-                if left is None or left > 0:
-                    ended.wait(left)
-                    continue
-            window.popleft()
-            since = time.monotonic()
-            yield _result(future, limit, args, waited)
+        try:
+            while True:
+                ended.clear()
+                while more and len(window) < ahead and _not_done(window) < running:
+                    more = submit()
+                if not window:
+                    return
+                future, args = window[0]
+                limit = timeout(args) if timeout else None
+                waited = time.monotonic() - since
+                if more and len(window) < ahead and not future.done():
+                    # Wait for any call to end (then submit the next), while the first in
+                    # line has time left; past that, its own wait below ends the run. The
+                    # wait is capped: an ended call whose result a dead worker held runs
+                    # again and ends without a second callback.
+                    left = POLL if limit is None else min(limit - waited, POLL)
+                    if left > 0:
+                        ended.wait(left)
+                        continue
+                window.popleft()
+                yield _result(future, limit, args, waited)
+                since = time.monotonic()  # the next one's wait begins when asked for
+        finally:  # the run ended early (an error, a timeout): drop what is still queued
+            with contextlib.suppress(Exception):
+                self.client.cancel([f for f, _a in window])
 
     def complete(self, project: Project, layers: dict[str, LayerData], changes: Changes) -> None:
         """Read the geometry of the added and modified features (the run folder's
@@ -858,6 +877,11 @@ def _match(got: LayerData, keys: np.ndarray, fps: np.ndarray) -> np.ndarray:
         out[i] = got.wkb[j]
         j += 1
     return out
+
+
+def _not_done(window: deque) -> int:
+    """Calls of ``window`` (future, args) not yet ended."""
+    return sum(not f.done() for f, _a in window)
 
 
 def _result(
