@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from importlib.util import find_spec
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -105,10 +106,8 @@ LEAN_CONFIG: dict[str, Any] = {
 
 
 def has_bokeh() -> bool:
-    """True where Dask's dashboard can be drawn (bokeh importable; run on the scheduler)."""
-    import importlib.util
-
-    return importlib.util.find_spec("bokeh") is not None
+    """True where Dask's dashboard can be drawn here (bokeh importable)."""
+    return find_spec("bokeh") is not None
 
 
 def local_cluster(n_workers: int, **kwargs: Any) -> Any:
@@ -522,7 +521,8 @@ class DaskEngine:
             # A scheduler serves its dashboard's address without bokeh too, with a page
             # that asks for it: no address is reported then.
             with contextlib.suppress(Exception):
-                if self.client.run_on_scheduler(has_bokeh):
+                # a lambda travels whole: the scheduler's machine needs no tiledelta
+                if self.client.run_on_scheduler(lambda: find_spec("bokeh") is not None):
                     self.dashboard = self.client.dashboard_link
         workers = info.get("workers", {})
         self.threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
