@@ -751,7 +751,7 @@ def test_a_slow_task_does_not_hold_back_the_others(scheduler, sample_project):
 
 def test_no_dashboard_address_without_bokeh(sample_project, monkeypatch):
     """Without bokeh a scheduler serves only a page asking for it: no address is printed."""
-    monkeypatch.setattr(dask_engine, "has_bokeh", lambda: False)
+    monkeypatch.setattr(dask_engine, "find_spec", lambda name: None)  # travels with the check
     said: list[str] = []
     project = api.with_engine(api.load_project(sample_project), "dask", None)
     with dask_engine.DaskEngine(project, said.append) as engine:

@@ -105,11 +105,6 @@ LEAN_CONFIG: dict[str, Any] = {
 }
 
 
-def has_bokeh() -> bool:
-    """True where Dask's dashboard can be drawn here (bokeh importable)."""
-    return find_spec("bokeh") is not None
-
-
 def local_cluster(n_workers: int, **kwargs: Any) -> Any:
     """A LocalCluster on 127.0.0.1 of ``n_workers`` single-thread worker processes, with
     :data:`LEAN_CONFIG` (its nannies hand the settings to their workers); ``kwargs`` go to
@@ -122,8 +117,9 @@ def local_cluster(n_workers: int, **kwargs: Any) -> Any:
         "threads_per_worker": 1,
         "processes": True,
         "host": "127.0.0.1",
-        # Dask's dashboard needs bokeh (the dask extra pulls it); without, no page.
-        "dashboard_address": "127.0.0.1:0" if has_bokeh() else None,
+        # The scheduler's HTTP server (its dashboard, where bokeh is installed: the dask
+        # extra pulls it) on a free port of this machine only; None would mean :8787.
+        "dashboard_address": "127.0.0.1:0",
         "silence_logs": logging.ERROR,
     }
     with dask.config.set(LEAN_CONFIG):
