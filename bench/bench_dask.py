@@ -98,8 +98,8 @@ def _seed(root: Path, scheduler: str | None) -> tuple[float, dict]:
 def overhead(tmp: Path, levels: str, repeat: int) -> None:
     root = make_project(tmp / "clatsop", levels)
     warm = make_project(tmp / "warm", "0-2")  # the same data, three levels: a warm-up seed
-    runs: dict[str, list[float]] = {"local": [], "dask": [], "tuned": []}
-    cpu: dict[str, list[float]] = {"local": [], "dask": [], "tuned": []}  # all processes
+    runs: dict[str, list[float]] = {"local": [], "dask": [], "lean": []}
+    cpu: dict[str, list[float]] = {"local": [], "dask": [], "lean": []}  # all processes
     for _ in range(repeat):
         # Interleaved, so the machine's drift falls on each alike. No cluster is up while
         # the local pool runs: an idle Dask cluster takes CPU (heartbeats, monitors, the
@@ -109,7 +109,7 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
         c1 = os.times()
         runs["local"].append(t)
         cpu["local"].append(_cpu(c1, True) - _cpu(c0, True))
-        for name, lean in (("dask", False), ("tuned", True)):
+        for name, lean in (("dask", False), ("lean", True)):
             # A fresh cluster, warmed by a small seed before the clock (a worker makes its
             # renderer afresh for each run, so this is a long-running cluster's state).
             cluster, client = _cluster(2, lean)
@@ -134,7 +134,7 @@ def overhead(tmp: Path, levels: str, repeat: int) -> None:
     rows = (
         ("local", "local pool, 2 processes"),
         ("dask", "Dask, Dask's defaults"),
-        ("tuned", "Dask, tiledelta's cluster"),
+        ("lean", "Dask, tiledelta's cluster"),
     )
     for name, label in rows:
         xs = runs[name]

@@ -96,7 +96,7 @@ Executor = Callable[[Iterator[Task]], Iterator[list["TileResult"]]]
 #: "event loop was unresponsive" warning and a dashboard figure), the workers'
 #: statistical profiler (samples the task thread's stack every 10 ms; the dashboard's
 #: profile page) and work stealing (tiledelta's tasks are root tasks, which the scheduler
-#: queues anyway). Measured idle, a 2-worker LocalCluster took 1.1 s of CPU per 10 s with
+#: queues anyway). Measured idle, a 2-worker LocalCluster took 1.4 s of CPU per 10 s with
 #: Dask's defaults and 0.24 s with these (bench/bench_dask.py, docs/dask.md).
 LEAN_CONFIG: dict[str, Any] = {
     "distributed.admin.tick.interval": "1s",
